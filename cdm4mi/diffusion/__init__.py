@@ -1,0 +1,24 @@
+"""The diffusion core: schedules, the objective, and samplers over a callable ``model(x, t, cond)``.
+
+Nothing here assumes a tensor shape beyond a leading batch dimension.
+"""
+
+from cdm4mi.diffusion.ddim import ddim_invert, ddim_sample, ddim_step
+from cdm4mi.diffusion.ddpm import ddpm_sample, ddpm_step
+from cdm4mi.diffusion.objective import (
+    LOSS_TYPES,
+    PARAMETERIZATIONS,
+    DiffusionObjective,
+    prediction_target,
+    q_sample,
+    split_prediction,
+)
+from cdm4mi.diffusion.sampling import warm_start
+from cdm4mi.diffusion.schedule import SCHEDULES, NoiseSchedule, make_betas
+from cdm4mi.diffusion.timesteps import SPACINGS, sampling_timesteps
+
+__all__ = [
+    "LOSS_TYPES", "PARAMETERIZATIONS", "SCHEDULES", "SPACINGS", "DiffusionObjective", "NoiseSchedule",
+    "ddim_invert", "ddim_sample", "ddim_step", "ddpm_sample", "ddpm_step", "make_betas", "prediction_target",
+    "q_sample", "sampling_timesteps", "split_prediction", "warm_start",
+]

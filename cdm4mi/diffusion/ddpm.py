@@ -1,0 +1,69 @@
+"""DDPM ancestral sampling (Ho et al. 2020), also over strided sub-sequences of timesteps.
+
+From ``t`` to ``t_prev`` the step uses the effective ``beta = 1 - abar_t / abar_prev``, so a
+sub-sequence is the exact ancestral sampler of the coarser Markov chain (Nichol & Dhariwal 2021):
+mean ``sqrt(abar_prev) beta / (1 - abar_t) * x0 + sqrt(1 - beta) (1 - abar_prev) / (1 - abar_t) * x_t``,
+variance ``(1 - abar_prev) / (1 - abar_t) * beta`` (``fixed_small``) or ``beta`` (``fixed_large``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cdm4mi.diffusion.sampling import Denoiser, alpha_bar_like, noise_like, predict_x0_eps, step_pairs
+from cdm4mi.diffusion.schedule import NoiseSchedule
+from cdm4mi.diffusion.timesteps import sampling_timesteps
+
+VARIANCES = ("fixed_small", "fixed_large")
+
+
+def ddpm_step(
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: int,
+    t_prev: int,
+    schedule: NoiseSchedule,
+    noise: torch.Tensor | None,
+    variance: str = "fixed_small",
+) -> torch.Tensor:
+    """One ancestral step: a draw from ``q(x_prev | x_t, x0)``; no noise is added on the last step."""
+    alpha_bar = alpha_bar_like(schedule, t, x_t)
+    alpha_bar_prev = alpha_bar_like(schedule, t_prev, x_t)
+    beta = 1 - alpha_bar / alpha_bar_prev
+    mean = (alpha_bar_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - alpha_bar_prev) * x_t) / (1 - alpha_bar)
+    if t_prev < 0:
+        return mean
+    if noise is None:
+        raise ValueError("ddpm_step: a step to t_prev >= 0 needs noise")
+    var = beta if variance == "fixed_large" else (1 - alpha_bar_prev) / (1 - alpha_bar) * beta
+    return mean + var.sqrt() * noise
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model: Denoiser,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    num_steps: int | None = None,
+    parameterization: str = "eps",
+    cond: object = None,
+    timestep_spacing: str = "leading",
+    t_start: int | None = None,
+    clip_x0: tuple[float, float] | None = None,
+    variance: str = "fixed_small",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Ancestral sampling from ``x`` (prior noise or the warm-start state at ``t_start``).
+
+    ``num_steps=None`` visits every timestep; fewer steps stride as ``timestep_spacing`` says.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"sampling.variance: unknown '{variance}'; choose one of {list(VARIANCES)}")
+    span = schedule.timesteps if t_start is None else t_start + 1
+    timesteps = sampling_timesteps(schedule.timesteps, num_steps or span, timestep_spacing, t_start)
+    for t, t_prev in step_pairs(timesteps, progress, "DDPM"):
+        x0, _ = predict_x0_eps(model, x, t, cond, schedule, parameterization, clip_x0)
+        noise = noise_like(x, generator) if t_prev >= 0 else None
+        x = ddpm_step(x0, x, t, t_prev, schedule, noise, variance)
+    return x

@@ -1,0 +1,125 @@
+"""The DDPM training objective and the one place where eps / x0 / v predictions are converted.
+
+With ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` and ``v = sqrt(abar) eps - sqrt(1 - abar) x0``
+(Salimans & Ho 2022), any one prediction together with ``x_t`` determines the other two exactly:
+
+* eps -> ``x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)``
+* x0  -> ``eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)``
+* v   -> ``x0 = sqrt(abar) x_t - sqrt(1 - abar) v``, ``eps = sqrt(1 - abar) x_t + sqrt(abar) v``
+
+Nothing here looks at the shape of ``x`` beyond its batch dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cdm4mi.diffusion.schedule import NoiseSchedule, broadcast_to
+
+PARAMETERIZATIONS = ("eps", "x0", "v")
+LOSS_TYPES = ("l1", "l2", "huber")
+
+DenoiserFn = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+
+def _coefficients(schedule: NoiseSchedule, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    alpha_bar = schedule.alpha_bar(t)
+    return broadcast_to(alpha_bar.sqrt(), x), broadcast_to((1 - alpha_bar).sqrt(), x)
+
+
+def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Draw ``x_t ~ q(x_t | x0)`` with the given standard-normal ``noise``."""
+    signal, sigma = _coefficients(schedule, t, x0)
+    return signal * x0 + sigma * noise
+
+
+def prediction_target(
+    parameterization: str, schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What a network of the given parameterization should output for ``x_t = q_sample(x0, t, noise)``."""
+    if parameterization == "eps":
+        return noise
+    if parameterization == "x0":
+        return x0
+    signal, sigma = _coefficients(schedule, t, x0)
+    return signal * noise - sigma * x0
+
+
+def split_prediction(
+    parameterization: str, schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a network output into the pair (x0 estimate, eps estimate)."""
+    signal, sigma = _coefficients(schedule, t, x_t)
+    if parameterization == "eps":
+        return (x_t - sigma * model_output) / signal, model_output
+    if parameterization == "x0":
+        return model_output, (x_t - signal * model_output) / sigma
+    if parameterization == "v":
+        return signal * x_t - sigma * model_output, sigma * x_t + signal * model_output
+    raise ValueError(f"diffusion.parameterization: unknown '{parameterization}'; choose one of {list(PARAMETERIZATIONS)}")
+
+
+def eps_from_x0(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The eps consistent with ``x_t`` and a (possibly clipped) x0 estimate."""
+    signal, sigma = _coefficients(schedule, t, x_t)
+    return (x_t - signal * x0) / sigma
+
+
+@dataclass(frozen=True)
+class DiffusionObjective:
+    """DDPM denoising loss: sample ``t`` and ``eps``, noise ``x0``, regress the parameterization's target.
+
+    ``min_snr_gamma`` enables Min-SNR-gamma weighting (Hang et al. 2023): each sample's loss is
+    weighted as if it were an x0 loss weighted by ``min(SNR, gamma)``.
+    """
+
+    schedule: NoiseSchedule
+    parameterization: str = "eps"
+    loss_type: str = "l2"
+    huber_delta: float = 1.0
+    min_snr_gamma: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"diffusion.parameterization: unknown '{self.parameterization}'; choose one of {list(PARAMETERIZATIONS)}"
+            )
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"diffusion.loss_type: unknown '{self.loss_type}'; choose one of {list(LOSS_TYPES)}")
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise ValueError(f"diffusion.min_snr_gamma: must be > 0, got {self.min_snr_gamma}")
+
+    def loss(
+        self, model: DenoiserFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Mean loss over the batch for a denoiser ``model(x_t, t, cond)``."""
+        t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = q_sample(self.schedule, x0, t, noise)
+        output = model(x_t, t, cond)
+        target = prediction_target(self.parameterization, self.schedule, x0, noise, t)
+        per_sample = self.elementwise_loss(output.float(), target.float()).flatten(1).mean(dim=1)
+        return (per_sample * self.weights(t).to(per_sample)).mean()
+
+    def elementwise_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.loss_type == "l1":
+            return (output - target).abs()
+        if self.loss_type == "l2":
+            return (output - target) ** 2
+        return F.huber_loss(output, target, reduction="none", delta=self.huber_delta)
+
+    def weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights [B] (all ones without Min-SNR-gamma)."""
+        if self.min_snr_gamma is None:
+            return torch.ones(t.shape, dtype=torch.float64, device=t.device)
+        snr = self.schedule.signal_to_noise(t)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        if self.parameterization == "eps":
+            return clipped / snr
+        if self.parameterization == "x0":
+            return clipped
+        return clipped / (snr + 1)

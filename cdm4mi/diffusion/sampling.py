@@ -1,0 +1,68 @@
+"""What every sampler shares: calling the denoiser, clipping, warm starts and the progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from cdm4mi.diffusion.objective import eps_from_x0, split_prediction
+from cdm4mi.diffusion.schedule import NoiseSchedule, broadcast_to
+from cdm4mi.diffusion.timesteps import previous_timesteps
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+
+def predict_x0_eps(
+    model: Denoiser,
+    x_t: torch.Tensor,
+    t: int,
+    cond: object,
+    schedule: NoiseSchedule,
+    parameterization: str,
+    clip_x0: tuple[float, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call ``model(x_t, t, cond)`` and return (x0, eps) estimates; clipping x0 re-derives eps from it."""
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    output = model(x_t, t_batch, cond).to(x_t.dtype)
+    x0, eps = split_prediction(parameterization, schedule, output, x_t, t_batch)
+    if clip_x0 is not None:
+        x0 = x0.clamp(*clip_x0)
+        eps = eps_from_x0(schedule, x0, x_t, t_batch)
+    return x0, eps
+
+
+def alpha_bar_like(schedule: NoiseSchedule, t: int, x: torch.Tensor) -> torch.Tensor:
+    """``abar_t`` as a 0-dim tensor of x's dtype (``t = -1`` gives 1)."""
+    return broadcast_to(schedule.alpha_bar(torch.tensor(t)), x)
+
+
+def warm_start(
+    schedule: NoiseSchedule, x_init: torch.Tensor, t_start: int, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The state at ``t_start`` from an image ``x_init``.
+
+    With ``noise`` this is ``q(x_t | x0 = x_init)`` (SDEdit). Without, ``x_init`` is taken to carry
+    its own noise already (a low-dose scan): ``sqrt(abar) * x_init`` matches ``x_t`` of the clean
+    image when the input noise std is ``sqrt((1 - abar)/abar)``; see
+    ``NoiseSchedule.timestep_for_noise_std``.
+    """
+    alpha_bar = alpha_bar_like(schedule, t_start, x_init)
+    x_t = alpha_bar.sqrt() * x_init
+    if noise is not None:
+        x_t = x_t + (1 - alpha_bar).sqrt() * noise
+    return x_t
+
+
+def step_pairs(timesteps: torch.Tensor, progress: bool, description: str) -> Iterator[tuple[int, int]]:
+    """(t, t_prev) pairs along the list, with a progress bar when asked."""
+    pairs = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))
+    return iter(tqdm(pairs, desc=description, disable=not progress, leave=False))
+
+
+def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the generator's device (as diffusers does)."""
+    if generator is None:
+        return torch.randn_like(x)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)

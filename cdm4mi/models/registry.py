@@ -1,0 +1,22 @@
+"""The one registry of backbones. Importing this module registers every built-in backbone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from cdm4mi.registry import Registry
+
+BACKBONES = Registry("network")
+
+
+def build_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """Build the backbone registered as ``name`` (``unet``, ``simple_score``, ``residual_mlp``, ...)."""
+    _register_builtins()
+    return BACKBONES.build(name, **kwargs)
+
+
+def _register_builtins() -> None:
+    # Imported for their @BACKBONES.register side effect; kept lazy so backbones never import each other.
+    from cdm4mi.models import mlp, toy, unet  # noqa: F401
