@@ -9,6 +9,7 @@ config key (``network.base_channels``) and what was expected.
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -41,17 +42,24 @@ class Registry:
 
     def build(self, name: str, **kwargs: Any) -> Any:
         """Validate ``kwargs`` against the constructor's signature and type hints, then call it."""
+        return self.get(name)(**self.validate(name, **kwargs))
+
+    def validate(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        """``kwargs`` checked and coerced for the constructor registered as ``name``; builds nothing."""
         constructor = self.get(name)
-        signature = inspect.signature(constructor)
-        accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-        for key in kwargs:
-            if key not in signature.parameters and not accepts_any:
-                allowed = [p for p in signature.parameters if p != "self"]
-                raise ValueError(f"{self.section}.{key}: unknown option for '{name}'; allowed: {allowed}")
-        validated = pydantic.validate_call(config={"arbitrary_types_allowed": True, "strict": False})(constructor)
-        try:
-            return validated(**kwargs)
-        except pydantic.ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(part) for part in first["loc"])
-            raise ValueError(f"{self.section}.{key}: {first['msg']} (got {first.get('input')!r})") from None
+        target = constructor.__init__ if isinstance(constructor, type) else constructor
+        parameters = {key: p for key, p in inspect.signature(target).parameters.items() if key != "self"}
+        hints = typing.get_type_hints(target)
+        for key, value in kwargs.items():
+            if key not in parameters:
+                raise ValueError(f"{self.section}.{key}: unknown option for '{name}'; allowed: {list(parameters)}")
+            if key in hints:
+                try:
+                    kwargs[key] = pydantic.TypeAdapter(hints[key]).validate_python(value)
+                except pydantic.ValidationError as error:
+                    message = error.errors()[0]["msg"]
+                    raise ValueError(f"{self.section}.{key}: {message} (got {value!r})") from None
+        for key, parameter in parameters.items():
+            if parameter.default is inspect.Parameter.empty and key not in kwargs:
+                raise ValueError(f"{self.section}.{key}: required by '{name}'")
+        return kwargs

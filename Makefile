@@ -1,0 +1,44 @@
+# Two commands do all their own set-up on a fresh machine:
+#   make demo   - the end-to-end pipeline on data it generates
+#   make test   - the whole test suite
+# Both create (or reuse) the virtualenv in $(VENV) and install what they need.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+# torch: the CPU build where there is no NVIDIA GPU (an unpinned torch pulls a multi-GB CUDA
+# build). On this project's machines pip finds torch 2.13.0+cpu locally; elsewhere add
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to fetch the CPU wheel.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
+TORCH_INDEX ?=
+PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
+
+.PHONY: demo test bench setup clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/python -m pip install -q $(PIP_TORCH_FLAGS) "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/cdm4mi demo --out demo_out --overwrite
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_unet.py
+
+clean:
+	rm -rf $(VENV) demo_out runs .pytest_cache

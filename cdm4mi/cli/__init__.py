@@ -1,0 +1,1 @@
+"""Command-line interface: one module per sub-command, each thin (parse, call the library, report)."""

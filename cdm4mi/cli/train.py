@@ -1,0 +1,35 @@
+"""``cdm4mi train --config FILE [key=value ...]``: train any configured backbone on any data set."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cdm4mi.config import load_config
+from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
+
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "train",
+        parents=[common],
+        help="train a diffusion model from a YAML config",
+        description="Train a diffusion model. Options come from --config and key=value overrides "
+        "(e.g. training.max_steps=200 network.base_channels=32 output_dir=runs/try).",
+    )
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/toy2d.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/last.ckpt")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    _, trainer = fit(config, resume=args.resume)
+    if trainer.is_global_zero:
+        output_dir = Path(config.output_dir)
+        print(f"trained {trainer.global_step} steps")
+        print(f"checkpoint: {output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT}")
+        print(f"previews:   {output_dir / 'previews'}")
+        print(f"logs:       {Path(trainer.loggers[0].log_dir) / 'metrics.csv'} (TensorBoard: {output_dir / 'tensorboard'})")
+    return 0

@@ -1,0 +1,143 @@
+"""Run configuration: YAML files in ``configs/`` plus ``key=value`` overrides, validated up front.
+
+Sections ``diffusion``, ``sampling`` and ``training`` are checked here; ``network`` and ``data`` name a
+registered component (``name: unet``) and their other keys are checked against that component's
+constructor when it is built. Any unknown key or wrong type is a ``ValueError`` naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DiffusionConfig(_Section):
+    timesteps: int = pydantic.Field(1000, ge=1)
+    beta_schedule: Literal["linear", "scaled_linear", "cosine", "sqrt", "custom"] = "linear"
+    beta_start: float | None = None
+    beta_end: float | None = None
+    betas: list[float] | str | None = None
+    parameterization: Literal["eps", "x0", "v"] = "eps"
+    loss_type: Literal["l1", "l2", "huber"] = "l2"
+    huber_delta: float = pydantic.Field(1.0, gt=0)
+    min_snr_gamma: float | None = pydantic.Field(None, gt=0)
+
+
+class SamplingConfig(_Section):
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = pydantic.Field(50, ge=1)
+    eta: float = pydantic.Field(0.0, ge=0)
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "trailing"
+    clip_x0: tuple[float, float] | None = None
+    variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
+
+
+class TrainingConfig(_Section):
+    learning_rate: float = pydantic.Field(1e-4, gt=0)
+    batch_size: int = pydantic.Field(64, ge=1)
+    max_steps: int = pydantic.Field(1000, ge=1)
+    warmup_steps: int = pydantic.Field(100, ge=0)
+    min_lr_ratio: float = pydantic.Field(0.0, ge=0, le=1)
+    weight_decay: float = pydantic.Field(0.0, ge=0)
+    gradient_clip_val: float | None = pydantic.Field(1.0, gt=0)
+    accumulate_grad_batches: int = pydantic.Field(1, ge=1)
+    ema_decay: float | None = pydantic.Field(0.999, gt=0, lt=1)
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"] = "auto"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = pydantic.Field(1, ge=1)
+    strategy: str = "auto"
+    num_workers: int = pydantic.Field(0, ge=0)
+    val_every_n_steps: int = pydantic.Field(500, ge=1)
+    val_batches: int = pydantic.Field(4, ge=1)
+    checkpoint_every_n_steps: int = pydantic.Field(500, ge=1)
+    log_every_n_steps: int = pydantic.Field(50, ge=1)
+    preview_samples: int = pydantic.Field(256, ge=0)
+    progress_bar: bool = True
+    seed: int = 0
+
+
+class Config(_Section):
+    network: dict[str, Any]
+    data: dict[str, Any]
+    diffusion: DiffusionConfig = DiffusionConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    training: TrainingConfig = TrainingConfig()
+    output_dir: str = "runs/default"
+
+    @pydantic.field_validator("network", "data")
+    @classmethod
+    def _names_a_component(cls, block: dict[str, Any], info: pydantic.ValidationInfo) -> dict[str, Any]:
+        if not isinstance(block.get("name"), str):
+            raise ValueError(f"needs a 'name' key naming a registered {info.field_name}")
+        return block
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["training.max_steps=200", "network.base_channels=32"]`` -> nested dict; values are YAML."""
+    nested: dict[str, Any] = {}
+    for override in overrides:
+        key, separator, raw = override.partition("=")
+        if not separator or not key:
+            raise ValueError(f"override '{override}': expected key=value, e.g. training.max_steps=200")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override '{override}': '{part}' is set both as a value and as a section")
+        node[leaf] = yaml.safe_load(raw) if raw else None
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        got = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {first.get('input')!r})"
+        raise ValueError(f"config key '{key}': {message}{got}") from None
+
+
+def builtin_config(name: str) -> Path:
+    """A config shipped in the repository's ``configs/`` folder (next to the package)."""
+    path = Path(__file__).resolve().parent.parent / "configs" / name
+    if not path.is_file():
+        raise ValueError(f"config {name}: not found at {path}; run from a cdm4mi source checkout")
+    return path
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or start empty), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"--config: file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"--config: {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"--config: {path} must hold a mapping of sections, not {type(raw).__name__}")
+    return validate(merge(raw, parse_overrides(list(overrides))))

@@ -1,0 +1,1 @@
+"""Data: readers, transform pipelines, datasets and noise simulation."""

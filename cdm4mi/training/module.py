@@ -1,0 +1,116 @@
+"""The one LightningModule: backbone + objective for training, backbone + schedule + sampler for sampling.
+
+It never looks at the data's shape: batches are dicts with ``x0`` (any shape ``[B, ...]``) and an
+optional ``cond`` that is handed to the backbone untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from cdm4mi.config import Config, SamplingConfig, validate
+from cdm4mi.diffusion import DiffusionObjective, NoiseSchedule, ddim_sample, ddpm_sample
+from cdm4mi.evaluation.figures import save_sample_preview
+from cdm4mi.models import build_backbone
+
+
+class DiffusionModule(L.LightningModule):
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config: Config = validate(config)
+        network = dict(self.config.network)
+        self.backbone = build_backbone(network.pop("name"), **network)
+        diffusion = self.config.diffusion
+        self.schedule = NoiseSchedule.from_config(
+            diffusion.beta_schedule,
+            diffusion.timesteps,
+            beta_start=diffusion.beta_start,
+            beta_end=diffusion.beta_end,
+            betas=diffusion.betas,
+        )
+        self.objective = DiffusionObjective(
+            self.schedule, diffusion.parameterization, diffusion.loss_type, diffusion.huber_delta, diffusion.min_snr_gamma
+        )
+        self._preview_batch: dict[str, Any] | None = None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: object = None) -> torch.Tensor:
+        return self.backbone(x, t, cond)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.objective.loss(self.backbone, batch["x0"], batch.get("cond"))
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["x0"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # The same timesteps and noise at every validation, so the curve shows the model, not the draw.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss = self.objective.loss(self.backbone, batch["x0"], batch.get("cond"), generator=generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["x0"].shape[0])
+        if batch_idx == 0:
+            self._preview_batch = batch
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        count = self.config.training.preview_samples
+        if self.trainer.sanity_checking or count == 0 or self._preview_batch is None or not self.trainer.is_global_zero:
+            return
+        reference = self._preview_batch["x0"][:count]
+        cond = self._preview_batch.get("cond")
+        cond = cond[:count] if torch.is_tensor(cond) else cond
+        generator = torch.Generator(device=self.device).manual_seed(self.config.training.seed)
+        x_T = torch.randn(reference.shape, generator=generator, device=self.device, dtype=reference.dtype)
+        samples = self.sample(x_T, cond, generator=generator)
+        # Moments of generated vs. validation data: a cheap, shape-agnostic check that sampling works.
+        self.log("val/sample_mean_error", (samples.mean(0) - reference.mean(0)).abs().mean(), rank_zero_only=True)
+        self.log("val/sample_std_error", (samples.std(0) - reference.std(0)).abs().mean(), rank_zero_only=True)
+        path = Path(self.config.output_dir) / "previews" / f"step{self.global_step:07d}.png"
+        save_sample_preview(samples, reference, path, title=f"step {self.global_step}")
+
+    @torch.no_grad()
+    def sample(
+        self,
+        x: torch.Tensor,
+        cond: object = None,
+        t_start: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        **overrides: Any,
+    ) -> torch.Tensor:
+        """Sample with the configured sampler (``overrides`` replace ``sampling`` options).
+
+        ``x`` is prior noise, or the warm-start state at ``t_start``.
+        """
+        options = SamplingConfig.model_validate({**self.config.sampling.model_dump(), **overrides})
+        common = dict(
+            num_steps=options.steps,
+            parameterization=self.config.diffusion.parameterization,
+            cond=cond,
+            timestep_spacing=options.timestep_spacing,
+            t_start=t_start,
+            clip_x0=options.clip_x0,
+            generator=generator,
+            progress=progress,
+        )
+        if options.sampler == "ddim":
+            return ddim_sample(self.backbone, x, self.schedule, eta=options.eta, **common)
+        return ddpm_sample(self.backbone, x, self.schedule, variance=options.variance, **common)
+
+    def configure_optimizers(self):
+        training = self.config.training
+        optimizer = torch.optim.AdamW(self.backbone.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
+        warmup, total, floor = training.warmup_steps, training.max_steps, training.min_lr_ratio
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

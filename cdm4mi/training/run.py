@@ -1,0 +1,109 @@
+"""Build the Lightning Trainer from a config and fit. Scale-out (DDP, multi-node) is Lightning's:
+set ``training.strategy``, ``training.devices`` and ``training.num_nodes``; no code changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from cdm4mi.atomic import atomic_output
+from cdm4mi.config import Config
+from cdm4mi.training.datamodule import DiffusionDataModule
+from cdm4mi.training.ema import WarmupEMA
+from cdm4mi.training.module import DiffusionModule
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class FinalCheckpoint(Callback):
+    """Writes ``last.ckpt`` at the end of training when the periodic checkpoint missed the last step.
+
+    Runs before the EMA callback's ``on_train_end``, so the live weights are still in the model and
+    the checkpoint can be resumed exactly.
+    """
+
+    def __init__(self, path: Path, every_n_train_steps: int):
+        self.path = path
+        self.every_n_train_steps = every_n_train_steps
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step % self.every_n_train_steps:
+            trainer.save_checkpoint(self.path)
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: bf16 mixed precision on GPUs that support it, fp16 mixed on older GPUs, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def build_trainer(config: Config) -> L.Trainer:
+    training = config.training
+    output_dir = Path(config.output_dir)
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    callbacks: list[Callback] = [FinalCheckpoint(checkpoint_dir / LAST_CHECKPOINT, training.checkpoint_every_n_steps)]
+    if training.ema_decay is not None:
+        callbacks.append(WarmupEMA(training.ema_decay))
+    callbacks += [
+        LearningRateMonitor(logging_interval="step"),
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=training.checkpoint_every_n_steps,
+            save_top_k=1,
+            save_last=True,
+        ),
+    ]
+    # Versioned log folders (logs/version_0, version_1 after a resume, ...): a resumed run never
+    # overwrites the curves of the run it continues.
+    loggers = [CSVLogger(output_dir, name="logs"), TensorBoardLogger(output_dir, name="tensorboard")]
+    return L.Trainer(
+        default_root_dir=output_dir,
+        max_steps=training.max_steps,
+        accelerator=training.accelerator,
+        devices=training.devices,
+        num_nodes=training.num_nodes,
+        strategy=training.strategy,
+        precision=resolve_precision(training.precision),
+        gradient_clip_val=training.gradient_clip_val,
+        accumulate_grad_batches=training.accumulate_grad_batches,
+        val_check_interval=training.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        limit_val_batches=training.val_batches,
+        log_every_n_steps=training.log_every_n_steps,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=training.progress_bar,
+        enable_model_summary=training.progress_bar,
+    )
+
+
+def fit(config: Config, resume: bool = False) -> tuple[DiffusionModule, L.Trainer]:
+    """Train as configured; with ``resume`` continue from ``<output_dir>/checkpoints/last.ckpt``."""
+    L.seed_everything(config.training.seed, workers=True, verbose=False)
+    output_dir = Path(config.output_dir)
+    last = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if resume and not last.is_file():
+        raise ValueError(f"--resume: no checkpoint to resume from at {last}")
+    if not resume and last.exists():
+        raise ValueError(f"output_dir: {output_dir} already holds a run; pass --resume or choose another output_dir")
+    datamodule = DiffusionDataModule(config.data, config.training.batch_size, config.training.num_workers)
+    datamodule.setup("fit")
+    module = DiffusionModule(config.model_dump(mode="json"))
+    trainer = build_trainer(config)
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(output_dir / "config.yaml", overwrite=True) as temporary:
+            temporary.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    return module, trainer

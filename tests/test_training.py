@@ -1,0 +1,161 @@
+"""The one trainer and sampler, driven through the real ``cdm4mi`` CLI, on points and vectors."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cdm4mi.cli.main import main
+from cdm4mi.data.toy import correlated_gaussian, gaussian_mixture
+from cdm4mi.evaluation.distributions import mixture_report, moment_report
+from cdm4mi.training.ema import warmup_ema_avg_fn
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "cdm4mi.cli.main"]
+
+
+def cdm4mi(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"cdm4mi {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def validation_rows(run_dir: Path) -> list[dict[str, str]]:
+    """Validation rows of every run in the folder (a resume logs to the next version_N)."""
+    rows = []
+    for metrics in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        with open(metrics) as handle:
+            rows += [row for row in csv.DictReader(handle) if row.get("val/loss")]
+    return rows
+
+
+@pytest.mark.slow
+def test_toy2d_learns_the_gaussian_mixture(tmp_path):
+    run_dir = tmp_path / "toy2d"
+    cdm4mi("train", "--config", "configs/toy2d.yaml", f"output_dir={run_dir}", "training.progress_bar=false")
+    samples_path = tmp_path / "samples.npy"
+    printed = cdm4mi("sample", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"),
+                     "--out", str(samples_path), "--num-samples", "6000").stdout
+    assert "samples:" in printed and samples_path.with_suffix(".png").stat().st_size > 10_000
+    truth = gaussian_mixture("test").truth
+    report = mixture_report(torch.from_numpy(np.load(samples_path)), truth["means"], truth["weights"], 0.3)
+    # 6000 samples: the standard error of a proportion is <= 0.0065, so 0.03 is ~5 SE.
+    np.testing.assert_allclose(report["proportions"], report["true_proportions"], atol=0.03)
+    np.testing.assert_allclose(report["mode_means"], report["true_means"], atol=0.1)
+    assert report["outlier_fraction"] < 0.02
+    assert sorted(p.name for p in (run_dir / "previews").glob("*.png")) == [
+        "step0000500.png", "step0001000.png", "step0001500.png"]
+    rows = validation_rows(run_dir)
+    assert float(rows[-1]["val/sample_mean_error"]) < 0.1
+
+
+@pytest.mark.slow
+def test_vector_config_learns_a_correlated_gaussian(tmp_path):
+    run_dir = tmp_path / "vector"
+    cdm4mi("train", "--config", "configs/vector_gaussian.yaml", f"output_dir={run_dir}", "training.progress_bar=false")
+    samples_path = tmp_path / "samples.pt"
+    cdm4mi("sample", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(samples_path),
+           "--num-samples", "10000", "--batch-size", "5000")
+    samples = torch.load(samples_path)
+    truth = correlated_gaussian("test", dim=8).truth
+    report = moment_report(samples, truth["mean"], truth["cov"])
+    # The sample mean of 10000 draws has SE <= sqrt(1.2/10000) = 0.011 per coordinate.
+    assert report["mean_max_abs_error"] < 0.06
+    assert report["cov_relative_frobenius_error"] < 0.12
+    # The correlations are learned, not just the variances: a diagonal Gaussian is far worse.
+    diagonal = moment_report(truth["mean"] + torch.randn(10000, 8, dtype=torch.float64) * truth["cov"].diag().sqrt(),
+                             truth["mean"], truth["cov"])
+    assert report["cov_relative_frobenius_error"] < diagonal["cov_relative_frobenius_error"] / 4
+
+
+@pytest.mark.slow
+def test_resume_continues_at_the_same_global_step(tmp_path):
+    run_dir = tmp_path / "resume"
+    common = ["--config", "configs/vector_gaussian.yaml", f"output_dir={run_dir}", "training.progress_bar=false",
+              "training.val_every_n_steps=20", "training.checkpoint_every_n_steps=20", "training.preview_samples=0"]
+    cdm4mi("train", *common, "training.max_steps=30")
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["global_step"] == 30
+    # The EMA weights are the checkpoint's state_dict; the live weights are kept for resuming.
+    assert any(not torch.equal(first["state_dict"][key], first["current_model_state"][key]) for key in first["state_dict"])
+    refused = cdm4mi("train", *common, "training.max_steps=50", check=False)
+    assert refused.returncode == 2 and "already holds a run; pass --resume" in refused.stderr
+    cdm4mi("train", *common, "training.max_steps=50", "--resume")
+    second = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert second["global_step"] == 50
+    # Validation every 20 batches: step 19 in the first run, 39 in the resumed one; nothing repeated.
+    assert [int(row["step"]) for row in validation_rows(run_dir)] == [19, 39]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_worker.py"), str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["global_step"] for r in ranks] == [12, 12]
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_bad_config_gets_one_line_naming_the_key(tmp_path, capsys):
+    cases = {
+        "training.max_stepz=5": "config key 'training.max_stepz': unknown key",
+        "training.max_steps=abc": "config key 'training.max_steps': Input should be a valid integer",
+        "diffusion.beta_schedule=quadratic": "config key 'diffusion.beta_schedule': Input should be",
+        "network.hidden_dimm=3": "network.hidden_dimm: unknown option for 'simple_score'",
+        "network.hidden_dim=wide": "network.hidden_dim: Input should be a valid integer",
+        "data.name=mnist": "data.name: unknown 'mnist'",
+        "data.std=-1": "data.weights and data.std must be positive",
+        "no_equals_sign": "expected key=value",
+    }
+    for override, expected in cases.items():
+        status = main(["train", "--config", str(REPO / "configs/toy2d.yaml"), f"output_dir={tmp_path / 'x'}", override])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert status == 2, override
+        assert len(lines) == 1 and lines[0].startswith("cdm4mi train: error:") and expected in lines[0], lines
+        assert not (tmp_path / "x").exists(), "no partial output"
+    assert main(["train", "--config", "configs/nope.yaml"]) == 2
+    assert "--config: file not found" in capsys.readouterr().err
+    # As a real process: one line and exit status 2, or the traceback with --debug.
+    plain = cdm4mi("train", "--config", "configs/toy2d.yaml", "training.max_steps=abc", check=False)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and len(plain.stderr.strip().splitlines()) == 1
+    debug = cdm4mi("train", "--debug", "--config", "configs/toy2d.yaml", "training.max_steps=abc", check=False)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_sample_refuses_to_overwrite_and_bad_checkpoints(tmp_path):
+    existing = tmp_path / "out.npy"
+    existing.write_bytes(b"keep me")
+    bogus = tmp_path / "bogus.ckpt"
+    bogus.write_bytes(b"not a checkpoint")
+    result = cdm4mi("sample", "--checkpoint", str(bogus), "--out", str(existing), check=False)
+    assert result.returncode == 2 and "already exists" in result.stderr and existing.read_bytes() == b"keep me"
+    result = cdm4mi("sample", "--checkpoint", str(bogus), "--out", str(tmp_path / "new.npy"), check=False)
+    assert result.returncode == 2 and "is not a loadable cdm4mi checkpoint" in result.stderr
+    assert not (tmp_path / "new.npy").exists()
+
+
+def test_ema_warmup_follows_then_averages():
+    average = warmup_ema_avg_fn(0.999)
+    averaged, current = torch.zeros(3), torch.ones(3)
+    # Update 1 (n=1): decay (1+1)/(10+1) = 0.18 -> moves 82 % of the way.
+    assert average(averaged, current, torch.tensor(1))[0].item() == pytest.approx(1 - 2 / 11)
+    # Late updates use the configured decay.
+    assert average(averaged, current, torch.tensor(100_000))[0].item() == pytest.approx(0.001)
+
+
+def test_help_lists_the_subcommands():
+    result = cdm4mi("--help")
+    for command in ("train", "sample", "demo"):
+        assert command in result.stdout
+    assert cdm4mi("train", "--help").stdout.count("--resume") >= 1
