@@ -29,6 +29,7 @@ class DiffusionConfig(_Section):
     loss_type: Literal["l1", "l2", "huber"] = "l2"
     huber_delta: float = pydantic.Field(1.0, gt=0)
     min_snr_gamma: float | None = pydantic.Field(None, gt=0)
+    max_train_timestep: int | None = pydantic.Field(None, ge=0)
 
 
 class SamplingConfig(_Section):
@@ -61,6 +62,9 @@ class TrainingConfig(_Section):
     checkpoint_every_n_steps: int = pydantic.Field(500, ge=1)
     log_every_n_steps: int = pydantic.Field(50, ge=1)
     preview_samples: int = pydantic.Field(256, ge=0)
+    # Previews start from pure noise, or, when set, from validation data noised to this timestep
+    # (needed for models trained with diffusion.max_train_timestep).
+    preview_t_start: int | None = pydantic.Field(None, ge=0)
     progress_bar: bool = True
     seed: int = 0
 

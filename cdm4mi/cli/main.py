@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from cdm4mi import __version__
-from cdm4mi.cli import demo, sample, train
+from cdm4mi.cli import demo, denoise, evaluate, manifest, sample, simulate, train
 
-SUBCOMMANDS = (train, sample, demo)
+SUBCOMMANDS = (simulate, manifest, train, sample, denoise, evaluate, demo)
 # Errors caused by what the user asked for: reported in one line, exit status 2.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # MONAI's DICOM reader warns on every CPU machine that the GPU decoder is absent: not the user's problem.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import datetime
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 from pathlib import Path
 
 import nibabel as nib
@@ -83,7 +84,8 @@ def write_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str 
 
 
 def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out_dir: str | Path,
-                       series_description: str = DEFAULT_SERIES_DESCRIPTION, overwrite: bool = False) -> Path:
+                       series_description: str = DEFAULT_SERIES_DESCRIPTION, overwrite: bool = False,
+                       tags: Mapping[str, Any] | None = None) -> Path:
     """Write a volume as a new DERIVED\\SECONDARY CT or MR series, one file per slice, into ``out_dir``.
 
     ``array_hu`` (HU for CT, scanner units for MR) has the shape and orientation of ``reference.array``.
@@ -97,6 +99,9 @@ def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out
     Pixels are int16 with one RescaleSlope/RescaleIntercept for the series, chosen from the value range:
     values come back within slope/2 (0.032 HU for the full window [-1024, 3071] HU). The classic MR IOD has
     no rescale tags; pydicom, ITK and common viewers apply them anyway, strict validators flag them.
+
+    ``tags`` (DICOM keyword -> value) are set on every instance last, e.g. the patient and study of a
+    series made from NIfTI, or a DerivationDescription.
 
     Returns ``out_dir``.
 
@@ -119,6 +124,8 @@ def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out
     slope, intercept = _int16_rescale(stack)
     stored = np.rint((stack.astype(np.float64) - intercept) / slope).astype("<i2")
     series = _series_dataset(reference, series_description, slope, intercept, stored.shape[1:])
+    for keyword, value in (tags or {}).items():
+        setattr(series, keyword, value)
     if _holds_source_series(out_dir, reference):
         raise ValueError(f"{out_dir}: holds the source series itself; write the derived series to another folder")
     with atomic_output(out_dir, overwrite, directory=True) as partial:
@@ -255,3 +262,16 @@ def _holds_source_series(folder: Path, reference: Scan) -> bool:
 def _ds(values: np.ndarray | list[float]) -> list[str]:
     """Numbers as DICOM DS strings (at most 16 characters each)."""
     return [format_number_as_ds(float(v)) for v in values]
+
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def write_volume(array: np.ndarray | torch.Tensor, reference: Scan, path: str | Path, description: str,
+                 overwrite: bool = False, tags: Mapping[str, Any] | None = None) -> Path:
+    """Write ``array`` (in ``reference.array``'s orientation) as NIfTI when ``path`` ends in .nii/.nii.gz,
+    otherwise as a DERIVED DICOM series in the folder ``path``."""
+    path = Path(path)
+    if path.name.endswith(NIFTI_SUFFIXES):
+        return write_nifti(array, reference.affine, path, overwrite=overwrite)
+    return write_dicom_series(array, reference, path, series_description=description, overwrite=overwrite, tags=tags)

@@ -74,7 +74,9 @@ class DiffusionObjective:
     """DDPM denoising loss: sample ``t`` and ``eps``, noise ``x0``, regress the parameterization's target.
 
     ``min_snr_gamma`` enables Min-SNR-gamma weighting (Hang et al. 2023): each sample's loss is
-    weighted as if it were an x0 loss weighted by ``min(SNR, gamma)``.
+    weighted as if it were an x0 loss weighted by ``min(SNR, gamma)``. ``max_train_timestep``
+    trains only ``t <= max_train_timestep``: for a model that will only ever be warm-started at low
+    noise (denoising), all capacity goes where it is used; it cannot then sample from pure noise.
     """
 
     schedule: NoiseSchedule
@@ -82,8 +84,13 @@ class DiffusionObjective:
     loss_type: str = "l2"
     huber_delta: float = 1.0
     min_snr_gamma: float | None = None
+    max_train_timestep: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_train_timestep is not None and not 0 <= self.max_train_timestep < self.schedule.timesteps:
+            raise ValueError(
+                f"diffusion.max_train_timestep: must lie in [0, {self.schedule.timesteps - 1}], got {self.max_train_timestep}"
+            )
         if self.parameterization not in PARAMETERIZATIONS:
             raise ValueError(
                 f"diffusion.parameterization: unknown '{self.parameterization}'; choose one of {list(PARAMETERIZATIONS)}"
@@ -97,7 +104,8 @@ class DiffusionObjective:
         self, model: DenoiserFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Mean loss over the batch for a denoiser ``model(x_t, t, cond)``."""
-        t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        high = self.schedule.timesteps if self.max_train_timestep is None else self.max_train_timestep + 1
+        t = torch.randint(0, high, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = q_sample(self.schedule, x0, t, noise)
         output = model(x_t, t, cond)

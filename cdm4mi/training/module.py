@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from cdm4mi.config import Config, SamplingConfig, validate
-from cdm4mi.diffusion import DiffusionObjective, NoiseSchedule, ddim_sample, ddpm_sample
+from cdm4mi.diffusion import DiffusionObjective, NoiseSchedule, ddim_sample, ddpm_sample, warm_start
 from cdm4mi.evaluation.figures import save_sample_preview
 from cdm4mi.models import build_backbone
 
@@ -35,7 +35,12 @@ class DiffusionModule(L.LightningModule):
             betas=diffusion.betas,
         )
         self.objective = DiffusionObjective(
-            self.schedule, diffusion.parameterization, diffusion.loss_type, diffusion.huber_delta, diffusion.min_snr_gamma
+            self.schedule,
+            diffusion.parameterization,
+            diffusion.loss_type,
+            diffusion.huber_delta,
+            diffusion.min_snr_gamma,
+            diffusion.max_train_timestep,
         )
         self._preview_batch: dict[str, Any] | None = None
 
@@ -64,8 +69,10 @@ class DiffusionModule(L.LightningModule):
         cond = self._preview_batch.get("cond")
         cond = cond[:count] if torch.is_tensor(cond) else cond
         generator = torch.Generator(device=self.device).manual_seed(self.config.training.seed)
-        x_T = torch.randn(reference.shape, generator=generator, device=self.device, dtype=reference.dtype)
-        samples = self.sample(x_T, cond, generator=generator)
+        noise = torch.randn(reference.shape, generator=generator, device=self.device, dtype=reference.dtype)
+        t_start = self.config.training.preview_t_start
+        x = noise if t_start is None else warm_start(self.schedule, reference, t_start, noise)
+        samples = self.sample(x, cond, t_start=t_start, generator=generator)
         # Moments of generated vs. validation data: a cheap, shape-agnostic check that sampling works.
         self.log("val/sample_mean_error", (samples.mean(0) - reference.mean(0)).abs().mean(), rank_zero_only=True)
         self.log("val/sample_std_error", (samples.std(0) - reference.std(0)).abs().mean(), rank_zero_only=True)

@@ -1,0 +1,87 @@
+"""``cdm4mi denoise --checkpoint C --input X --output Y``: denoise a CT/MRI scan with a trained model.
+
+X: a DICOM series folder, a DICOM file (Enhanced multi-frame included) or a NIfTI file.
+Y: ``.nii``/``.nii.gz`` (affine kept) or a folder, which receives a DERIVED DICOM series that files
+next to the original (HU kept through rescale slope/intercept). With ``--samples K > 1`` the per-voxel
+standard deviation over the K draws is written beside Y (``<Y>_std``): an uncertainty map.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cdm4mi.atomic import check_writable
+from cdm4mi.data.io import Scan, load_scan
+from cdm4mi.data.writers import NIFTI_SUFFIXES, write_volume
+from cdm4mi.inference.denoise import denoise_volume, model_normalization
+from cdm4mi.training.checkpoint import load_module
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser("denoise", parents=[common], help="denoise a scan with a trained model",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by cdm4mi train")
+    parser.add_argument("--input", required=True, help="DICOM folder, DICOM file or NIfTI file")
+    parser.add_argument("--output", required=True, help=".nii/.nii.gz file or a folder for a DICOM series")
+    parser.add_argument("--series", help="SeriesInstanceUID, when the input folder holds several series")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's config)")
+    parser.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--t-start", default="auto",
+                        help="warm-start timestep, or 'auto' to match the input's estimated noise (default)")
+    parser.add_argument("--samples", type=int, default=1, help="draws to average; > 1 also writes <output>_std")
+    parser.add_argument("--batch-size", type=int, default=8, help="slices (or 3D windows) per forward pass")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the input)")
+    parser.set_defaults(run=run)
+
+
+def output_paths(input_path: Path, output: Path, samples: int, overwrite: bool) -> tuple[Path, Path | None]:
+    """The denoised output and, for several samples, the std output; refuses to touch the input."""
+    resolved_input, resolved_output = input_path.resolve(), output.resolve()
+    if resolved_output == resolved_input or resolved_input in resolved_output.parents:
+        raise ValueError(f"--output: {output} is the input or inside it; cdm4mi never writes over its input")
+    name = output.name
+    std_name = next((name[: -len(s)] + "_std" + s for s in NIFTI_SUFFIXES[::-1] if name.endswith(s)), name + "_std")
+    std_path = output.with_name(std_name) if samples > 1 else None
+    for path in (output, std_path):
+        if path is not None:
+            check_writable(path, overwrite, option="--output")
+    return output, std_path
+
+
+def parse_t_start(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--t-start: expected an integer timestep or 'auto', got {value!r}") from None
+
+
+def check_compatible(scan: Scan, module, checkpoint: str) -> None:
+    """A CT (HU window) model on MR data, or a model whose input channels do not fit, is refused."""
+    trained_for_ct = model_normalization(module).name == "hu_window"
+    if trained_for_ct and scan.modality not in ("CT", "OT"):
+        raise ValueError(f"--checkpoint: {checkpoint} was trained on CT (HU window) but the input is {scan.modality}")
+    if not trained_for_ct and scan.modality == "CT":
+        raise ValueError(f"--checkpoint: {checkpoint} was trained on MRI intensities but the input is CT")
+
+
+def run(args: argparse.Namespace) -> int:
+    input_path, output = Path(args.input), Path(args.output)
+    output, std_path = output_paths(input_path, output, args.samples, args.overwrite)
+    t_start = parse_t_start(args.t_start)
+    module = load_module(args.checkpoint, map_location=args.device)
+    scan = load_scan(input_path, series_uid=args.series)
+    check_compatible(scan, module, args.checkpoint)
+    result = denoise_volume(module, scan.array, steps=args.steps, eta=args.eta, t_start=t_start,
+                            samples=args.samples, batch_size=args.batch_size, seed=args.seed)
+    write_volume(result.mean, scan, output, "cdm4mi denoised", args.overwrite)
+    print(f"denoised {scan.array.shape[0]} slices of {scan.array.shape[1]}x{scan.array.shape[2]} "
+          f"(warm start t={result.t_start}, input noise {result.input_noise_std:.3f} model units)")
+    print(f"output: {output}")
+    if std_path is not None:
+        write_volume(result.std, scan, std_path, "cdm4mi uncertainty (std)", args.overwrite)
+        print(f"uncertainty (std over {args.samples} samples): {std_path}")
+    return 0

@@ -1,0 +1,56 @@
+"""``cdm4mi simulate --input X --output Y --modality ct --dose 0.25``: make a low-dose (noisy) scan.
+
+CT: projection-domain noise insertion (parallel-beam forward projection of the attenuation,
+Gaussian approximation of the extra photon noise at ``dose`` times the incident flux I0 with
+electronic noise, filtered back projection), added to the original HU so the full-dose image stays
+the reference; see ``cdm4mi.data.ct_noise``. MRI: Rician noise with sigma a percentage of a
+reference intensity (default the 99th percentile); see ``cdm4mi.data.mri_noise``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cdm4mi.atomic import check_writable
+from cdm4mi.data.ct_noise import simulate_low_dose_ct
+from cdm4mi.data.io import load_scan
+from cdm4mi.data.mri_noise import add_rician_noise
+from cdm4mi.data.writers import write_volume
+
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser("simulate", parents=[common], help="simulate a low-dose / noisy scan",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="clean scan: DICOM folder, DICOM file or NIfTI")
+    parser.add_argument("--output", required=True, help=".nii/.nii.gz file or a folder for a DICOM series")
+    parser.add_argument("--modality", choices=["ct", "mri"], required=True)
+    parser.add_argument("--series", help="SeriesInstanceUID, when the input folder holds several series")
+    parser.add_argument("--dose", type=float, default=0.25, help="CT dose fraction in (0, 1] (default 0.25)")
+    parser.add_argument("--flux", type=float, default=1.5e5, help="CT full-dose incident flux I0 (default 1.5e5)")
+    parser.add_argument("--electronic-noise", type=float, default=10.0, help="CT electronic noise variance")
+    parser.add_argument("--sigma-percent", type=float, default=5.0, help="MRI noise sigma in %% of the reference")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    input_path, output = Path(args.input), Path(args.output)
+    if output.resolve() == input_path.resolve() or input_path.resolve() in output.resolve().parents:
+        raise ValueError(f"--output: {output} is the input or inside it; cdm4mi never writes over its input")
+    check_writable(output, args.overwrite, option="--output")
+    scan = load_scan(input_path, series_uid=args.series, modality="CT" if args.modality == "ct" else "MR")
+    if args.modality == "ct":
+        noisy = simulate_low_dose_ct(scan.array, scan.spacing_mm[1:], dose_fraction=args.dose,
+                                     incident_flux=args.flux, electronic_noise_var=args.electronic_noise, seed=args.seed)
+        description = f"simulated {args.dose:.0%} dose (I0 {args.flux:.3g})"
+    else:
+        noisy = add_rician_noise(scan.array, args.sigma_percent, seed=args.seed)
+        description = f"simulated Rician noise {args.sigma_percent:g}%"
+    write_volume(noisy, scan, output, description, overwrite=args.overwrite,
+                 tags={"DerivationDescription": f"cdm4mi simulate: {description}"})
+    change = noisy - scan.array
+    print(f"{description}: added noise std {change.std():.2f} (scan units), mean {change.mean():+.2f}")
+    print(f"output: {output}")
+    return 0

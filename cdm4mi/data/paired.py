@@ -1,0 +1,298 @@
+"""Paired low-dose / full-dose scans of a manifest as 2D slices, 2.5D slabs or 3D patches (``paired_scans``).
+
+Each patient's input (noisy) and target (reference) scans are read once with ``load_scan`` into the
+canonical ``[D, H, W]`` layout, checked to share shape and affine, and normalized with the same
+normalization: fitted on the input volume, because at inference only the input exists. The normalized
+volumes are kept by a MONAI ``CacheDataset`` (``cache='memory'``), so each file is read once.
+
+Items are dicts: ``x0`` (the target, model units) and ``cond`` (the input):
+
+* ``2d``: ``x0 [1, H, W]``, ``cond [1, H, W]``; every slice of every patient is an item.
+* ``2.5d``: as 2d but ``cond [2c+1, H, W]``: slices ``k-c .. k+c`` in order (the slice itself in the
+  middle channel ``c``), with the edge slice repeated beyond the volume; ``c = context_slices``.
+* ``3d``: ``x0 [1, d, h, w]``, ``cond [1, d, h, w]``; ``patches_per_volume`` random patches per patient
+  per epoch for training; for val/test a deterministic grid of patches covering each volume (the last
+  patch of an axis ends at the volume's edge, so neighbours may overlap); without ``patch_size`` whole
+  volumes, one item per patient.
+
+2d/2.5d items also carry ``patient_id`` (pseudonym, str) and ``slice_index`` (int); 3d items carry
+``patient_id`` and ``patch_start`` (int64 ``[3]``, voxels). Training crops (``patch_size``) use MONAI
+``RandSpatialCropd``, seeded by ``seed`` and reseeded in each DataLoader worker from torch's worker seed;
+val/test slices are never cropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from monai.data import CacheDataset
+from monai.data import Dataset as MonaiDataset
+from monai.transforms import Compose, RandSpatialCropd, Transform
+from monai.utils import convert_to_tensor
+from torch.utils.data import Dataset, get_worker_info
+
+from cdm4mi.data.io import load_scan
+from cdm4mi.data.manifest import Manifest, load_manifest
+from cdm4mi.data.normalize import HUWindow, Normalization, normalization_from_dict
+from cdm4mi.data.registry import DATASETS
+
+MODES = ("2d", "2.5d", "3d")
+AFFINE_TOLERANCE_MM = 0.01
+_FITTED_KEYS = {"low", "high", "mean", "std"}
+
+
+@DATASETS.register("paired_scans")
+def paired_scans(
+    split: str,
+    manifest: str,
+    root: str | None = None,
+    mode: Literal["2d", "2.5d", "3d"] = "2d",
+    context_slices: int = 1,
+    patch_size: list[int] | None = None,
+    patches_per_volume: int = 16,
+    normalization: dict | None = None,
+    cache: Literal["memory", "none"] = "memory",
+    seed: int = 0,
+) -> PairedScans:
+    """The patients of ``split`` in ``manifest`` (see ``cdm4mi.data.manifest``) as denoising pairs.
+
+    Args:
+        manifest: manifest JSON file; ``root``: data root replacing the manifest's.
+        mode: '2d' slices, '2.5d' slices with ``context_slices`` neighbours each side as extra
+            ``cond`` channels, or '3d' patches.
+        patch_size: training crop in voxels, ``[h, w]`` for 2d/2.5d, ``[d, h, w]`` for 3d; also the
+            val/test grid patch in 3d. None: whole slices / volumes.
+        patches_per_volume: random 3D patches per patient per training epoch.
+        normalization: a ``to_dict()`` recipe such as ``{"name": "hu_window", "scale_hu": 500}`` or
+            ``{"name": "zscore", "nonzero": true}``; statistics are fitted on each input volume. Default
+            ``HUWindow()`` for CT; required for other modalities.
+        cache: 'memory' keeps every normalized volume (8 bytes per voxel pair); 'none' reads volumes
+            again when needed (keeping the last one), slow with shuffling.
+        seed: seed of the training crops.
+    """
+    if context_slices < 1:
+        raise ValueError(f"data.context_slices: must be >= 1, got {context_slices}")
+    if patches_per_volume < 1:
+        raise ValueError(f"data.patches_per_volume: must be >= 1, got {patches_per_volume}")
+    dims = 3 if mode == "3d" else 2
+    if patch_size is not None and (len(patch_size) != dims or min(patch_size) < 1):
+        raise ValueError(f"data.patch_size: mode {mode} needs {dims} positive sizes "
+                         f"({'[d, h, w]' if dims == 3 else '[h, w]'} voxels), got {patch_size}")
+    loaded = load_manifest(manifest, root=root)
+    return PairedScans(loaded, split, mode, context_slices, patch_size, patches_per_volume,
+                       recipe(normalization, loaded.modality), cache, seed)
+
+
+def recipe(normalization: Mapping[str, Any] | None, modality: str) -> Normalization:
+    """The normalization settings (unfitted) for a ``normalization`` option and the manifest's modality."""
+    if normalization is None:
+        if modality != "CT":
+            raise ValueError(f"data.normalization: required for modality {modality}, e.g. {{name: percentile}} or "
+                             "{name: zscore, nonzero: true}; only CT has a default (hu_window)")
+        return HUWindow()
+    fitted = sorted(_FITTED_KEYS & set(normalization))
+    if fitted:
+        raise ValueError(f"data.normalization: give the settings without statistics ({', '.join(fitted)}); "
+                         "they are fitted on each input volume")
+    try:
+        return normalization_from_dict(normalization)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"data.normalization: {err}") from None
+
+
+class LoadNormalizedPair(Transform):
+    """A manifest record ``{patient_id, input, target, modality}`` -> both volumes in model units.
+
+    Output: ``input``/``target`` float32 ``[D, H, W]``, ``affine`` (RAS mm), ``normalization`` (the
+    fitted settings as ``to_dict()``), ``patient_id``.
+    """
+
+    def __init__(self, normalization: Normalization, where: str) -> None:
+        self.normalization = normalization
+        self.where = where
+
+    def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        scan_input = load_scan(record["input"], modality=record["modality"])
+        target = load_scan(record["target"], modality=record["modality"])
+        patient = f"{self.where}: patient {record['patient_id']}"
+        if scan_input.array.shape != target.array.shape:
+            raise ValueError(f"{patient}: input shape {scan_input.array.shape} and target shape "
+                             f"{target.array.shape} differ (voxels, [D, H, W])")
+        gap = float(np.abs(scan_input.affine - target.affine).max())
+        if gap > AFFINE_TOLERANCE_MM:
+            raise ValueError(f"{patient}: input and target affines differ by up to {gap:.3g} mm: input "
+                             f"{_one_line(scan_input.affine)}, target {_one_line(target.affine)}")
+        fitted = self.normalization.fit(scan_input.array)
+        return {
+            "patient_id": record["patient_id"],
+            "input": np.asarray(fitted.forward(scan_input.array), dtype=np.float32),
+            "target": np.asarray(fitted.forward(target.array), dtype=np.float32),
+            "affine": scan_input.affine,
+            "normalization": fitted.to_dict(),
+        }
+
+
+class PairedScans(Dataset):
+    """Denoising pairs of one split; see the module docstring for the item layout."""
+
+    def __init__(self, manifest: Manifest, split: str, mode: str = "2d", context_slices: int = 1,
+                 patch_size: list[int] | None = None, patches_per_volume: int = 16,
+                 normalization: Normalization | None = None, cache: str = "memory", seed: int = 0) -> None:
+        if mode not in MODES:
+            raise ValueError(f"data.mode: unknown '{mode}'; choose one of {list(MODES)}")
+        if cache not in ("memory", "none"):
+            raise ValueError(f"data.cache: unknown '{cache}'; choose 'memory' or 'none'")
+        entries = manifest.patients_in(split)
+        if not entries:
+            raise ValueError(f"{manifest.path}: no patients in split '{split}'")
+        self.manifest, self.split, self.mode = manifest, split, mode
+        self.context_slices, self.patch_size, self.seed = context_slices, patch_size, seed
+        self.normalization = normalization or recipe(None, manifest.modality)
+        """The settings every volume was normalized with (statistics, if any, fitted per input volume:
+        ``volume_normalization``); inference fits the same on its input and inverts with it."""
+        self.patient_ids = [entry.patient_id for entry in entries]
+        records = [{"patient_id": e.patient_id, "input": str(manifest.input_path(e)),
+                    "target": str(manifest.target_path(e)), "modality": e.modality} for e in entries]
+        loader = LoadNormalizedPair(self.normalization, str(manifest.path or "manifest"))
+        with _original_errors():
+            if cache == "memory":
+                # copy_cache=False: items are copied out of the cache, never changed in it.
+                self._volumes = CacheDataset(records, Compose([loader]), cache_rate=1.0, num_workers=1,
+                                             progress=False, copy_cache=False)
+            else:
+                self._volumes = MonaiDataset(records, loader)
+            shapes = [self._volume(v)["input"].shape for v in range(len(records))]
+        self._check_patch_size(shapes)
+        self._index = self._build_index(shapes, patches_per_volume)
+        self._crop = None
+        if patch_size is not None and split == "train":
+            self._crop = RandSpatialCropd(keys=("x0", "cond"), roi_size=patch_size, random_size=False)
+            self._crop.set_random_state(seed)
+        self._crop_worker: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        volume_index, *where = (int(i) for i in self._index[index])
+        volume = self._volume(volume_index)
+        if self.mode == "3d":
+            item = self._patch(volume, where)
+        else:
+            item = self._slice(volume, where[0])
+        if self._crop is not None:
+            item.update(self._random_crop({"x0": item["x0"], "cond": item["cond"]}))
+            item.pop("patch_start", None)  # a random patch has no fixed place
+        # Items never share memory with the cached volumes, so changing one cannot change the cache.
+        item["x0"], item["cond"] = (item[key].clone(memory_format=torch.contiguous_format) for key in ("x0", "cond"))
+        return item
+
+    def volume(self, patient_id: str) -> dict[str, Any]:
+        """One patient's normalized ``input``/``target`` ``[D, H, W]``, ``affine`` and fitted normalization."""
+        if patient_id not in self.patient_ids:
+            raise ValueError(f"patient {patient_id} is not in split '{self.split}'")
+        cached = self._volume(self.patient_ids.index(patient_id))
+        return {**cached, "input": cached["input"].copy(), "target": cached["target"].copy(),
+                "normalization": normalization_from_dict(cached["normalization"])}
+
+    def volume_normalization(self, patient_id: str) -> Normalization:
+        """The normalization fitted on this patient's input: ``inverse`` maps model units back to HU."""
+        return self.volume(patient_id)["normalization"]
+
+    def _volume(self, index: int) -> dict[str, Any]:
+        if isinstance(self._volumes, CacheDataset):
+            with _original_errors():
+                return self._volumes[index]
+        if getattr(self, "_last", (None,))[0] != index:  # cache='none': keep the last volume only
+            with _original_errors():
+                self._last = (index, self._volumes[index])
+        return self._last[1]
+
+    def _slice(self, volume: Mapping[str, Any], k: int) -> dict[str, Any]:
+        depth = volume["input"].shape[0]
+        context = self.context_slices if self.mode == "2.5d" else 0
+        neighbours = np.clip(np.arange(k - context, k + context + 1), 0, depth - 1)
+        return {
+            "x0": torch.from_numpy(volume["target"][k:k + 1]),
+            "cond": torch.from_numpy(volume["input"][neighbours]),
+            "patient_id": volume["patient_id"],
+            "slice_index": k,
+        }
+
+    def _patch(self, volume: Mapping[str, Any], start: list[int]) -> dict[str, Any]:
+        if self._crop is not None or self.patch_size is None:  # the random crop places training patches
+            window = (slice(None),) * 3
+        else:
+            window = tuple(slice(s, s + n) for s, n in zip(start, self.patch_size))
+        return {
+            "x0": torch.from_numpy(volume["target"][window][None]),  # views: copied once cropped
+            "cond": torch.from_numpy(volume["input"][window][None]),
+            "patient_id": volume["patient_id"],
+            "patch_start": torch.tensor(start, dtype=torch.int64),
+        }
+
+    def _random_crop(self, pair: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        worker = get_worker_info()
+        key = None if worker is None else (worker.id, worker.seed)
+        if key != self._crop_worker:  # DataLoader workers start with copies of one random state
+            self._crop.set_random_state((self.seed + worker.seed) % 2**32)
+            self._crop_worker = key
+        cropped = self._crop(pair)
+        return {key: convert_to_tensor(cropped[key], track_meta=False) for key in pair}
+
+    def _check_patch_size(self, shapes: list[tuple[int, ...]]) -> None:
+        if self.patch_size is None:
+            return
+        for patient, shape in zip(self.patient_ids, shapes):
+            spatial = shape if self.mode == "3d" else shape[1:]
+            if any(p > s for p, s in zip(self.patch_size, spatial)):
+                raise ValueError(f"data.patch_size: {list(self.patch_size)} is larger than the "
+                                 f"{'volume' if self.mode == '3d' else 'slices'} of patient {patient} "
+                                 f"({list(spatial)} voxels)")
+
+    def _build_index(self, shapes: list[tuple[int, ...]], patches_per_volume: int) -> np.ndarray:
+        """Rows (volume, slice) for 2d/2.5d; (volume, d, h, w start) for 3d."""
+        rows: list[tuple[int, ...]] = []
+        for v, shape in enumerate(shapes):
+            if self.mode != "3d":
+                rows.extend((v, k) for k in range(shape[0]))
+            elif self.patch_size is None:
+                rows.append((v, 0, 0, 0))
+            elif self.split == "train":
+                rows.extend((v, 0, 0, 0) for _ in range(patches_per_volume))  # placed by the random crop
+            else:
+                grid = [_grid_starts(s, p) for s, p in zip(shape, self.patch_size)]
+                rows.extend((v, d, h, w) for d in grid[0] for h in grid[1] for w in grid[2])
+        return np.asarray(rows, dtype=np.int64)
+
+
+def _grid_starts(size: int, patch: int) -> list[int]:
+    """Starts of ``ceil(size / patch)`` patches covering ``[0, size)``, evenly spread, the last at the edge."""
+    count = math.ceil(size / patch)
+    if count == 1:
+        return [0]
+    return [round(i * (size - patch) / (count - 1)) for i in range(count)]
+
+
+def _one_line(affine: np.ndarray) -> str:
+    return "[" + "; ".join(" ".join(f"{v:.4g}" for v in row) for row in np.asarray(affine)[:3]) + "]"
+
+
+@contextlib.contextmanager
+def _original_errors() -> Iterator[None]:
+    """Re-raise what a transform raised: MONAI wraps it in RuntimeError('applying transform ...'), which
+    would turn a user's one-line error into a traceback."""
+    try:
+        yield
+    except RuntimeError as error:
+        cause: BaseException = error
+        while isinstance(cause, RuntimeError) and str(cause).startswith("applying transform") and cause.__cause__:
+            cause = cause.__cause__
+        if cause is error:
+            raise
+        raise cause from None
