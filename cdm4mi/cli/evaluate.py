@@ -16,10 +16,7 @@ from cdm4mi.atomic import check_writable
 from cdm4mi.config import load_config
 from cdm4mi.data.manifest import load_manifest, save_manifest
 from cdm4mi.evaluation.folds import fold_manifests
-from cdm4mi.evaluation.heldout import METHODS, HeldOutResult, evaluate_heldout
-from cdm4mi.evaluation.medical_figures import save_patient_metric_plot
-from cdm4mi.evaluation.report import format_patient_table, write_metrics_csv, write_summary_json
-from cdm4mi.evaluation.statistics import summarize
+from cdm4mi.evaluation.heldout import HeldOutResult, evaluate_heldout, write_heldout_report
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
 
@@ -83,19 +80,9 @@ def cross_validate(args: argparse.Namespace, manifest, out: Path, evaluate: dict
 
 
 def report(result: HeldOutResult, out: Path, window: tuple[float, float], args: argparse.Namespace) -> int:
-    data_range = window[1] - window[0]
-    summary = summarize(result.rows, methods=METHODS, reference_method="model", seed=args.seed)
-    write_metrics_csv(result.rows, out / "metrics.csv", overwrite=True)
-    extra = {"split": args.split if args.folds is None else f"{args.folds}-fold cross-validation",
-             "body_mask": args.body_mask, "warm_start_timesteps": result.warm_starts}
-    write_summary_json(summary, out / "summary.json", window, data_range, extra=extra, overwrite=True)
-    plots = [save_patient_metric_plot(summary, out / f"per_patient_{metric}.png", metric=metric, overwrite=True)
-             for metric in ("psnr", "ssim")]
-    print(format_patient_table(result.rows, methods=METHODS, summary=summary))
-    print(f"\nHU window [{window[0]:g}, {window[1]:g}], data_range {data_range:g}"
-          + (", body mask" if args.body_mask else ""))
-    print(f"metrics: {out / 'metrics.csv'}")
-    print(f"summary: {out / 'summary.json'}")
-    for path in [*plots, *result.figures]:
-        print(f"figure:  {path}")
+    split_label = args.split if args.folds is None else f"{args.folds}-fold cross-validation"
+    written = write_heldout_report(result, out, window, split_label, args.body_mask, args.seed)
+    print(written.table)
+    for path in written.files:
+        print(f"wrote: {path}")
     return 0

@@ -13,8 +13,10 @@ from tqdm.auto import tqdm
 from cdm4mi.data.io import load_scan
 from cdm4mi.data.manifest import Manifest
 from cdm4mi.evaluation.baselines import gaussian_filter_baseline, low_dose_input, nlm_baseline
-from cdm4mi.evaluation.medical_figures import save_slice_comparison
+from cdm4mi.evaluation.medical_figures import save_patient_metric_plot, save_slice_comparison
 from cdm4mi.evaluation.metrics import body_mask, evaluate_patient
+from cdm4mi.evaluation.report import format_patient_table, write_metrics_csv, write_summary_json
+from cdm4mi.evaluation.statistics import summarize
 from cdm4mi.inference.denoise import denoise_volume
 from cdm4mi.training.module import DiffusionModule
 
@@ -70,3 +72,24 @@ def evaluate_heldout(
             result.figures.append(save_slice_comparison(low.array[k], denoised.mean[k], full.array[k], path,
                                                         uncertainty_hu=uncertainty, title=title, overwrite=True))
     return result
+
+
+@dataclass
+class WrittenReport:
+    table: str  # the per-patient table, for printing
+    summary: dict
+    files: list[Path]  # metrics.csv, summary.json, then the figures
+
+
+def write_heldout_report(result: HeldOutResult, out: Path, window: tuple[float, float], split_label: str,
+                         body_mask_used: bool = False, seed: int = 0) -> WrittenReport:
+    """metrics.csv (per slice), summary.json (per patient, CIs, tests) and per-patient plots in ``out``."""
+    data_range = window[1] - window[0]
+    summary = summarize(result.rows, methods=METHODS, reference_method="model", seed=seed)
+    files = [write_metrics_csv(result.rows, out / "metrics.csv", overwrite=True)]
+    extra = {"split": split_label, "body_mask": body_mask_used, "warm_start_timesteps": result.warm_starts}
+    files.append(write_summary_json(summary, out / "summary.json", window, data_range, extra=extra, overwrite=True))
+    files += [save_patient_metric_plot(summary, out / f"per_patient_{metric}.png", metric=metric, overwrite=True)
+              for metric in ("psnr", "ssim")]
+    return WrittenReport(format_patient_table(result.rows, methods=METHODS, summary=summary), summary,
+                         files + result.figures)
