@@ -1,7 +1,6 @@
 """The one trainer and sampler, driven through the real ``cdm4mi`` CLI, on points and vectors."""
 
 import csv
-import math
 import os
 import subprocess
 import sys
