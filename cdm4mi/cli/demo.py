@@ -23,7 +23,7 @@ from cdm4mi.data.io import load_scan
 from cdm4mi.data.manifest import build_manifest, save_manifest, scan_folder
 from cdm4mi.data.writers import write_volume
 from cdm4mi.evaluation.heldout import evaluate_heldout, write_heldout_report
-from cdm4mi.inference.denoise import denoise_volume
+from cdm4mi.inference.denoise import denoise_scan
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     written = write_heldout_report(result, out / "evaluation", WINDOW, "test")
     example = manifest.patients_in("test")[0]
     low = load_scan(manifest.input_path(example))
-    denoised = denoise_volume(module, low.array, progress=False)
+    denoised = denoise_scan(module, low, progress=False)
     series = write_volume(denoised.mean, low, out / "denoised" / example.patient_id, "cdm4mi denoised (demo)")
 
     print("\n" + written.table)

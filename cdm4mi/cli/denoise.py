@@ -14,7 +14,7 @@ from pathlib import Path
 from cdm4mi.atomic import check_writable
 from cdm4mi.data.io import Scan, load_scan
 from cdm4mi.data.writers import NIFTI_SUFFIXES, write_volume
-from cdm4mi.inference.denoise import denoise_volume, model_normalization
+from cdm4mi.inference.denoise import denoise_scan, model_normalization
 from cdm4mi.training.checkpoint import load_module
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     module = load_module(args.checkpoint, map_location=args.device)
     scan = load_scan(input_path, series_uid=args.series)
     check_compatible(scan, module, args.checkpoint)
-    result = denoise_volume(module, scan.array, steps=args.steps, eta=args.eta, t_start=t_start,
+    result = denoise_scan(module, scan, steps=args.steps, eta=args.eta, t_start=t_start,
                             samples=args.samples, batch_size=args.batch_size, seed=args.seed)
     write_volume(result.mean, scan, output, "cdm4mi denoised", args.overwrite)
     print(f"denoised {scan.array.shape[0]} slices of {scan.array.shape[1]}x{scan.array.shape[2]} "

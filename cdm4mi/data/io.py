@@ -38,7 +38,7 @@ import pydicom.misc
 import torch
 from monai.data import MetaTensor, NibabelReader, PydicomReader
 from monai.data.utils import affine_to_spacing, orientation_ras_lps
-from monai.transforms import LoadImage, Orientation, Spacing
+from monai.transforms import LoadImage, Orientation, ResampleToMatch, Spacing
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 
@@ -142,6 +142,16 @@ def resample_to(scan: Scan, spacing_mm: Sequence[float], mode: str = "bilinear")
         reference = replace(reference, native_affine=None, source_images=())
     return replace(scan, array=np.ascontiguousarray(image.as_tensor()[0].numpy(), np.float32), affine=affine,
                    spacing_mm=_spacing(affine), dicom_reference=reference)
+
+
+def resample_like(array: np.ndarray, affine: np.ndarray, reference: Scan, mode: str = "bilinear") -> np.ndarray:
+    """Resample ``array`` (voxel grid ``affine``) onto ``reference``'s voxel grid with MONAI ``ResampleToMatch``:
+    the way back after ``resample_to``. Returns float32 shaped like ``reference.array``."""
+    if mode not in RESAMPLE_MODES:
+        raise ValueError(f"mode must be one of {RESAMPLE_MODES}, got {mode!r}")
+    resampled = ResampleToMatch(mode=mode, padding_mode="border", dtype=torch.float32)(
+        _image(array, affine), _image(reference.array, reference.affine))
+    return np.ascontiguousarray(resampled.as_tensor()[0].numpy(), np.float32)
 
 
 def reorient(array: np.ndarray, affine: np.ndarray, axcodes: str) -> tuple[np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ from monai.transforms import Compose, RandSpatialCropd, Transform
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from cdm4mi.data.io import load_scan
+from cdm4mi.data.io import load_scan, resample_to
 from cdm4mi.data.manifest import Manifest, load_manifest
 from cdm4mi.data.normalize import HUWindow, Normalization, normalization_from_dict
 from cdm4mi.data.registry import DATASETS
@@ -58,6 +58,7 @@ def paired_scans(
     normalization: dict | None = None,
     cache: Literal["memory", "none"] = "memory",
     seed: int = 0,
+    spacing_mm: list[float] | None = None,
 ) -> PairedScans:
     """The patients of ``split`` in ``manifest`` (see ``cdm4mi.data.manifest``) as denoising pairs.
 
@@ -74,6 +75,8 @@ def paired_scans(
         cache: 'memory' keeps every normalized volume (8 bytes per voxel pair); 'none' reads volumes
             again when needed (keeping the last one), slow with shuffling.
         seed: seed of the training crops.
+        spacing_mm: resample both scans to this voxel size ``[d, h, w]`` mm first (MONAI ``Spacing``);
+            ``cdm4mi denoise`` then resamples its input the same way and its output back.
     """
     if context_slices < 1:
         raise ValueError(f"data.context_slices: must be >= 1, got {context_slices}")
@@ -83,9 +86,11 @@ def paired_scans(
     if patch_size is not None and (len(patch_size) != dims or min(patch_size) < 1):
         raise ValueError(f"data.patch_size: mode {mode} needs {dims} positive sizes "
                          f"({'[d, h, w]' if dims == 3 else '[h, w]'} voxels), got {patch_size}")
+    if spacing_mm is not None and (len(spacing_mm) != 3 or min(spacing_mm) <= 0):
+        raise ValueError(f"data.spacing_mm: need 3 positive voxel sizes [d, h, w] in mm, got {spacing_mm}")
     loaded = load_manifest(manifest, root=root)
     return PairedScans(loaded, split, mode, context_slices, patch_size, patches_per_volume,
-                       recipe(normalization, loaded.modality), cache, seed)
+                       recipe(normalization, loaded.modality), cache, seed, spacing_mm)
 
 
 def recipe(normalization: Mapping[str, Any] | None, modality: str) -> Normalization:
@@ -112,13 +117,16 @@ class LoadNormalizedPair(Transform):
     fitted settings as ``to_dict()``), ``patient_id``.
     """
 
-    def __init__(self, normalization: Normalization, where: str) -> None:
+    def __init__(self, normalization: Normalization, where: str, spacing_mm: list[float] | None = None) -> None:
         self.normalization = normalization
         self.where = where
+        self.spacing_mm = spacing_mm
 
     def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
         scan_input = load_scan(record["input"], modality=record["modality"])
         target = load_scan(record["target"], modality=record["modality"])
+        if self.spacing_mm is not None:
+            scan_input, target = resample_to(scan_input, self.spacing_mm), resample_to(target, self.spacing_mm)
         patient = f"{self.where}: patient {record['patient_id']}"
         if scan_input.array.shape != target.array.shape:
             raise ValueError(f"{patient}: input shape {scan_input.array.shape} and target shape "
@@ -142,7 +150,8 @@ class PairedScans(Dataset):
 
     def __init__(self, manifest: Manifest, split: str, mode: str = "2d", context_slices: int = 1,
                  patch_size: list[int] | None = None, patches_per_volume: int = 16,
-                 normalization: Normalization | None = None, cache: str = "memory", seed: int = 0) -> None:
+                 normalization: Normalization | None = None, cache: str = "memory", seed: int = 0,
+                 spacing_mm: list[float] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"data.mode: unknown '{mode}'; choose one of {list(MODES)}")
         if cache not in ("memory", "none"):
@@ -158,7 +167,7 @@ class PairedScans(Dataset):
         self.patient_ids = [entry.patient_id for entry in entries]
         records = [{"patient_id": e.patient_id, "input": str(manifest.input_path(e)),
                     "target": str(manifest.target_path(e)), "modality": e.modality} for e in entries]
-        loader = LoadNormalizedPair(self.normalization, str(manifest.path or "manifest"))
+        loader = LoadNormalizedPair(self.normalization, str(manifest.path or "manifest"), spacing_mm)
         with _original_errors():
             if cache == "memory":
                 # copy_cache=False: items are copied out of the cache, never changed in it.

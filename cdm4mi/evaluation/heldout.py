@@ -17,7 +17,7 @@ from cdm4mi.evaluation.medical_figures import save_patient_metric_plot, save_sli
 from cdm4mi.evaluation.metrics import body_mask, evaluate_patient
 from cdm4mi.evaluation.report import format_patient_table, write_metrics_csv, write_summary_json
 from cdm4mi.evaluation.statistics import summarize
-from cdm4mi.inference.denoise import denoise_volume
+from cdm4mi.inference.denoise import denoise_scan
 from cdm4mi.training.module import DiffusionModule
 
 METHODS = ("model", "low_dose_input", "gaussian", "nlm")
@@ -55,7 +55,7 @@ def evaluate_heldout(
         full = load_scan(manifest.target_path(entry))
         if low.array.shape != full.array.shape:
             raise ValueError(f"patient {entry.patient_id}: input {low.array.shape} and target {full.array.shape} differ")
-        denoised = denoise_volume(module, low.array, progress=False, **(denoise_options or {}))
+        denoised = denoise_scan(module, low, progress=False, **(denoise_options or {}))
         result.warm_starts[entry.patient_id] = denoised.t_start
         outputs = {"model": denoised.mean, "low_dose_input": low_dose_input(low.array),
                    "gaussian": gaussian_filter_baseline(low.array), "nlm": nlm_baseline(low.array)}

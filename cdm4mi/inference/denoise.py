@@ -20,6 +20,7 @@ from monai.inferers import SlidingWindowInferer
 from skimage.restoration import estimate_sigma
 from tqdm.auto import tqdm
 
+from cdm4mi.data.io import Scan, resample_like, resample_to
 from cdm4mi.data.normalize import HUWindow, normalization_from_dict
 from cdm4mi.diffusion import warm_start
 from cdm4mi.training.module import DiffusionModule
@@ -143,3 +144,15 @@ def _run_model(module: DiffusionModule, denoiser: WarmStartDenoiser, units: torc
         batch, (height, width) = _pad_to_multiple(cond[start : start + batch_size].to(module.device), multiple)
         outputs.append(denoiser(batch)[:, 0, :height, :width].cpu())
     return torch.cat(outputs)
+
+
+def denoise_scan(module: DiffusionModule, scan: Scan, **options: Any) -> DenoiseResult:
+    """``denoise_volume`` on a loaded scan, at the voxel size the model was trained at
+    (``data.spacing_mm``, if set: resampled there and the result resampled back onto the scan's grid)."""
+    spacing = module.config.data.get("spacing_mm")
+    if spacing is None:
+        return denoise_volume(module, scan.array, **options)
+    working = resample_to(scan, spacing)
+    result = denoise_volume(module, working.array, **options)
+    std = None if result.std is None else resample_like(result.std, working.affine, scan)
+    return DenoiseResult(resample_like(result.mean, working.affine, scan), std, result.t_start, result.input_noise_std)
