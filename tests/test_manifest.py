@@ -20,18 +20,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import generate_uid
 
 from cdm4mi.cli.main import main
-from cdm4mi.data.manifest import (
-    FORMAT,
-    Manifest,
-    PatientEntry,
-    _keywords,
-    _matches,
-    load_manifest,
-    pseudonymize,
-    save_manifest,
-    scan_folder,
-    split_patients,
-)
+from cdm4mi.data.manifest import FORMAT, Manifest, PatientEntry, load_manifest, save_manifest
+from cdm4mi.data.pairing import _keywords, _matches, pseudonymize, scan_folder, split_patients
 from cdm4mi.data.writers import write_nifti
 
 SALT = b"0123456789abcdef0123456789abcdef"

@@ -20,7 +20,8 @@ from cdm4mi.atomic import check_writable
 from cdm4mi.config import builtin_config, load_config
 from cdm4mi.data.hospital import HospitalSpec, build_phantom_hospital
 from cdm4mi.data.io import load_scan
-from cdm4mi.data.manifest import build_manifest, save_manifest, scan_folder
+from cdm4mi.data.manifest import save_manifest
+from cdm4mi.data.pairing import build_manifest, scan_folder
 from cdm4mi.data.writers import write_volume
 from cdm4mi.evaluation.heldout import evaluate_heldout, write_heldout_report
 from cdm4mi.inference.denoise import denoise_scan

@@ -16,18 +16,16 @@ import sys
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable
-from cdm4mi.data.manifest import (
+from cdm4mi.data.manifest import Manifest, load_manifest, save_manifest
+from cdm4mi.data.pairing import (
     DEFAULT_FRACTIONS,
     DEFAULT_INPUT_KEYWORDS,
     DEFAULT_TARGET_KEYWORDS,
     LAYOUTS,
     SALT_BYTES,
-    Manifest,
     build_manifest,
     check_fractions,
-    load_manifest,
     load_or_create_salt,
-    save_manifest,
     scan_folder,
     write_id_map,
 )
