@@ -18,6 +18,15 @@ def check_writable(path: str | Path, overwrite: bool = False, option: str = "--o
     return path
 
 
+def refuse_input_overlap(input_path: str | Path, output: str | Path, option: str = "--output") -> None:
+    """Refuse an output that is the input, lies inside it, or is a folder holding it: replacing such an
+    output (``--overwrite``) would delete the input."""
+    source, target = Path(input_path).resolve(), Path(output).resolve()
+    if target == source or source in target.parents or target in source.parents:
+        raise ValueError(f"{option}: {output} is, holds or lies inside the input {input_path}; "
+                         "cdm4mi never writes over its input")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.

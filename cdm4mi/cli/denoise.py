@@ -9,9 +9,10 @@ standard deviation over the K draws is written beside Y (``<Y>_std``): an uncert
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from cdm4mi.atomic import check_writable
+from cdm4mi.atomic import check_writable, refuse_input_overlap
 from cdm4mi.data.io import Scan, load_scan
 from cdm4mi.data.writers import NIFTI_SUFFIXES, write_volume
 from cdm4mi.inference.denoise import denoise_scan, model_normalization
@@ -38,12 +39,12 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def output_paths(input_path: Path, output: Path, samples: int, overwrite: bool) -> tuple[Path, Path | None]:
     """The denoised output and, for several samples, the std output; refuses to touch the input."""
-    resolved_input, resolved_output = input_path.resolve(), output.resolve()
-    if resolved_output == resolved_input or resolved_input in resolved_output.parents:
-        raise ValueError(f"--output: {output} is the input or inside it; cdm4mi never writes over its input")
+    refuse_input_overlap(input_path, output)
     name = output.name
     std_name = next((name[: -len(s)] + "_std" + s for s in NIFTI_SUFFIXES[::-1] if name.endswith(s)), name + "_std")
     std_path = output.with_name(std_name) if samples > 1 else None
+    if std_path is not None:
+        refuse_input_overlap(input_path, std_path)
     for path in (output, std_path):
         if path is not None:
             check_writable(path, overwrite, option="--output")
@@ -60,7 +61,7 @@ def parse_t_start(value: str) -> int | None:
 
 
 def check_compatible(scan: Scan, module, checkpoint: str) -> None:
-    """A CT (HU window) model on MR data, or a model whose input channels do not fit, is refused."""
+    """A CT (HU window) model on MR data, or an MRI model on CT, is refused (NIfTI carries no modality)."""
     trained_for_ct = model_normalization(module).name == "hu_window"
     if trained_for_ct and scan.modality not in ("CT", "OT"):
         raise ValueError(f"--checkpoint: {checkpoint} was trained on CT (HU window) but the input is {scan.modality}")
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     t_start = parse_t_start(args.t_start)
     module = load_module(args.checkpoint, map_location=args.device)
     scan = load_scan(input_path, series_uid=args.series)
+    if scan.modality == "OT":  # NIfTI says nothing of modality: it is the model's (needed to write DICOM)
+        scan = dataclasses.replace(scan, modality="CT" if model_normalization(module).name == "hu_window" else "MR")
     check_compatible(scan, module, args.checkpoint)
     result = denoise_scan(module, scan, steps=args.steps, eta=args.eta, t_start=t_start,
                             samples=args.samples, batch_size=args.batch_size, seed=args.seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cdm4mi.atomic import check_writable
+from cdm4mi.atomic import check_writable, refuse_input_overlap
 from cdm4mi.data.ct_noise import simulate_low_dose_ct
 from cdm4mi.data.io import load_scan
 from cdm4mi.data.mri_noise import add_rician_noise
@@ -37,8 +37,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     input_path, output = Path(args.input), Path(args.output)
-    if output.resolve() == input_path.resolve() or input_path.resolve() in output.resolve().parents:
-        raise ValueError(f"--output: {output} is the input or inside it; cdm4mi never writes over its input")
+    refuse_input_overlap(input_path, output)
     check_writable(output, args.overwrite, option="--output")
     scan = load_scan(input_path, series_uid=args.series, modality="CT" if args.modality == "ct" else "MR")
     if args.modality == "ct":

@@ -39,9 +39,8 @@ class HospitalSpec:
 def _affine(spacing_mm: tuple[float, float, float]) -> np.ndarray:
     """Voxel (d, h, w) -> RAS mm for an axial stack in cdm4mi's SPL array order (head, posterior, left)."""
     slice_mm, row_mm, column_mm = spacing_mm
-    return np.array([[column_mm, 0, 0, 0], [0, -row_mm, 0, 0], [0, 0, slice_mm, 0], [0, 0, 0, 1]])[
-        :, [2, 1, 0, 3]
-    ]
+    # Columns run to the patient's left (-x in RAS), rows to posterior (-y), slices to superior (+z).
+    return np.array([[0, 0, -column_mm, 0], [0, -row_mm, 0, 0], [slice_mm, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
 
 
 def build_phantom_hospital(root: str | Path, spec: HospitalSpec = HospitalSpec(), progress: bool = True) -> list[Path]:

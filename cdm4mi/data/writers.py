@@ -212,6 +212,8 @@ def _instances(series: Dataset, stored: np.ndarray, native_affine: np.ndarray, r
     series.ImageOrientationPatient = _ds(orientation)
     series.PixelSpacing = _ds([np.linalg.norm(column_step), np.linalg.norm(row_step)])
     series.SliceThickness = format_number_as_ds(thickness)
+    # ITK/GDCM take the z spacing of a one-slice series from SpacingBetweenSlices, not SliceThickness.
+    series.SpacingBetweenSlices = format_number_as_ds(float(np.linalg.norm(slice_step)))
     for index, pixels in enumerate(stored):
         ds = copy.deepcopy(series)
         position = lps[:3, 3] + index * slice_step
