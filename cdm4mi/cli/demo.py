@@ -37,12 +37,14 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo output folder")
     parser.add_argument("--patients", type=int, default=12, help="phantom patients (default 12)")
-    parser.add_argument("--max-steps", type=int, default=500, help="training steps (default 500)")
+    parser.add_argument("--max-steps", type=int, default=800, help="training steps (default 800)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.patients < 4:
+        raise ValueError(f"--patients: need at least 4 (train, val and test patients), got {args.patients}")
     if out.exists() and any(out.iterdir()):
         check_writable(out, args.overwrite, option="--out")
         shutil.rmtree(out)
