@@ -20,7 +20,7 @@ from cdm4mi.atomic import check_writable
 from cdm4mi.config import builtin_config, load_config
 from cdm4mi.data.hospital import HospitalSpec, build_phantom_hospital
 from cdm4mi.data.io import load_scan
-from cdm4mi.data.manifest import save_manifest
+from cdm4mi.data.manifest import load_manifest, save_manifest
 from cdm4mi.data.pairing import build_manifest, scan_folder
 from cdm4mi.data.writers import write_volume
 from cdm4mi.evaluation.heldout import evaluate_heldout, write_heldout_report
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     module = load_module(out / "run" / CHECKPOINT_DIR / LAST_CHECKPOINT)
 
     step("4/4 denoising and evaluating the held-out test patients")
-    manifest = manifest.__class__(manifest.modality, manifest.patients, root=out / "hospital", path=manifest_path)
+    manifest = load_manifest(manifest_path)  # as a user's evaluate would read it
     result = evaluate_heldout(module, manifest, "test", window=WINDOW, figures_dir=out / "evaluation" / "figures")
     written = write_heldout_report(result, out / "evaluation", WINDOW, "test")
     example = manifest.patients_in("test")[0]

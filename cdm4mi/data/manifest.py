@@ -151,12 +151,7 @@ def _parse(raw: Any, where: str) -> tuple[str, tuple[PatientEntry, ...], str | N
     """Structure and values of each entry; cross-entry rules are ``_check_consistent``'s."""
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: a manifest is a JSON object with keys {list(_REQUIRED_TOP_KEYS)}")
-    for key in _REQUIRED_TOP_KEYS:
-        if key not in raw:
-            raise ValueError(f"{where}: missing key '{key}'")
-    unknown = sorted(set(raw) - _TOP_KEYS)
-    if unknown:
-        raise ValueError(f"{where}: unknown key '{unknown[0]}'; allowed: {sorted(_TOP_KEYS)}")
+    _check_keys(raw, _REQUIRED_TOP_KEYS, _TOP_KEYS, where)
     if raw["format"] != FORMAT:
         raise ValueError(f"{where}: unknown format {raw['format']!r}; this version of cdm4mi reads '{FORMAT}'")
     modality = parse_modality(raw["modality"], f"{where}: modality")
@@ -168,6 +163,15 @@ def _parse(raw: Any, where: str) -> tuple[str, tuple[PatientEntry, ...], str | N
     return modality, tuple(_parse_entry(item, i, modality, where) for i, item in enumerate(raw["patients"])), root_field
 
 
+def _check_keys(obj: dict, required: Sequence[str], allowed: set[str], where: str) -> None:
+    for key in required:
+        if key not in obj:
+            raise ValueError(f"{where}: missing key '{key}'")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key '{unknown[0]}'; allowed: {sorted(allowed)}")
+
+
 def _parse_entry(item: Any, index: int, modality: str, where: str) -> PatientEntry:
     if not isinstance(item, dict):
         raise ValueError(f"{where}: patients[{index}] must be a JSON object")
@@ -176,12 +180,7 @@ def _parse_entry(item: Any, index: int, modality: str, where: str) -> PatientEnt
             "patient_id must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         raise ValueError(f"{where}: patients[{index}]: {problem}")
     patient = f"{where}: patient {item['patient_id']}"
-    for key in _REQUIRED_PATIENT_KEYS:
-        if key not in item:
-            raise ValueError(f"{patient}: missing key '{key}'")
-    unknown = sorted(set(item) - _PATIENT_KEYS)
-    if unknown:
-        raise ValueError(f"{patient}: unknown key '{unknown[0]}'; allowed: {sorted(_PATIENT_KEYS)}")
+    _check_keys(item, _REQUIRED_PATIENT_KEYS, _PATIENT_KEYS, patient)
     if item["split"] not in SPLITS:
         raise ValueError(f"{patient}: split {item['split']!r} is not one of {list(SPLITS)}")
     entry_modality = parse_modality(item.get("modality", modality), f"{patient}: modality")
