@@ -39,6 +39,8 @@ class SamplingConfig(_Section):
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "trailing"
     clip_x0: tuple[float, float] | None = None
     variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
+    # Classifier-free guidance weight: 1 = the conditional model; needs network.cond_drop_prob > 0.
+    guidance_scale: float = pydantic.Field(1.0, ge=0)
 
 
 class TrainingConfig(_Section):

@@ -6,7 +6,8 @@ import torch
 
 from cdm4mi.models import unet as unet_module
 from cdm4mi.models.registry import BACKBONES
-from cdm4mi.models.unet import ConditionalUNet, SelfAttention
+from cdm4mi.models.attention import GridAttention
+from cdm4mi.models.unet import ConditionalUNet
 
 TINY = dict(base_channels=16, norm_groups=8, channel_mult=[1, 2], attention_levels=[False, True], num_head_channels=8,
             num_res_blocks=1)
@@ -35,7 +36,7 @@ def inputs(batch: int = 2, spatial: tuple[int, ...] = (16, 16)) -> tuple[torch.T
 
 def test_output_shapes_2d_and_3d():
     x, t, cond = inputs(2, (16, 16))
-    out = perturbed(tiny(out_channels=3))(x, t, cond)
+    out = perturbed(tiny(out_channels=3, cond_channels=1))(x, t, cond)
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
     volume_x, volume_t, volume_cond = inputs(2, (8, 16, 12))
     volume_model = perturbed(tiny(spatial_dims=3))
@@ -50,7 +51,7 @@ def test_default_config_from_registry():
     # ADM-style widths 64/128/256 with 2 res blocks: ~16M parameters (MONAI's same design: ~15M).
     assert 12e6 < sum(p.numel() for p in model.parameters()) < 20e6
     # Attention only at the deepest level: 2 encoder blocks + middle + 3 decoder blocks.
-    assert sum(isinstance(m, SelfAttention) for m in model.modules()) == 6
+    assert sum(isinstance(m, GridAttention) for m in model.modules()) == 6
     assert model.conditioning_key == "concat" and model.in_channels == 2 and model.size_multiple == 4
     assert model(*inputs(1, (8, 8))[:2], cond=torch.zeros(1, 1, 8, 8)).shape == (1, 1, 8, 8)
 
@@ -131,7 +132,12 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients(monkeypatch)
         (dict(attention_levels=[True]), r"network.attention_levels: needs one flag per channel_mult level \(2\)"),
         (dict(norm_groups=12), "network.norm_groups: 12 does not divide level width 16"),
         (dict(num_head_channels=12), "network.num_head_channels: 12 does not divide attention level width 32"),
-        (dict(conditioning_key="crossattn"), "network.conditioning_key: must be one of"),
+        (dict(conditioning_key="film"), "network.conditioning_key: must be one of"),
+        (dict(conditioning_key="crossattn", attention_levels=[False, False]), "network.attention_levels: conditioning_key"),
+        (dict(conditioning_key=None, in_channels=1, vector_dim=3), "network.conditioning_key: is None .* but a conditioning"),
+        (dict(in_channels=1), "network.conditioning_key: 'concat' stacks a conditioning image, but it has 0"),
+        (dict(attention_window=0), "network.attention_window: must be >= 1"),
+        (dict(cond_drop_prob=1.5), r"network.cond_drop_prob: must lie in \[0, 1\]"),
         (dict(channel_mult=[]), "network.channel_mult"),
         (dict(dropout=1.0), r"network.dropout: must lie in \[0, 1\)"),
     ],
@@ -144,14 +150,14 @@ def test_inconsistent_options_are_rejected(overrides, message):
 def test_inconsistent_inputs_are_rejected():
     model = tiny(channel_mult=[1, 2, 2], attention_levels=[False, False, True])
     x, t, cond = inputs()
-    with pytest.raises(ValueError, match=r"cond: network.conditioning_key 'concat' expects a conditioning image"):
-        model(x, t)
-    with pytest.raises(ValueError, match=r"cond: shape \(2, 1, 16, 8\) must match x"):
+    with pytest.raises(ValueError, match=r"cond\['image'\]: network 'concat' expects shape \(2, 1, 16, 16\)"):
         model(x, t, cond[..., :8])
     with pytest.raises(ValueError, match=r"x: spatial size \(18, 16\) must be divisible by 4 .*pad to \(20, 16\)"):
         model(torch.zeros(2, 1, 18, 16), t, torch.zeros(2, 1, 18, 16))
-    with pytest.raises(ValueError, match=r"network.in_channels: is 2 but x \(1\) \+ cond \(2\) give 3 channels"):
+    with pytest.raises(ValueError, match=r"cond\['image'\]: .* \(network.cond_channels = 1\), got \(2, 2, 16, 16\)"):
         model(x, t, torch.cat([cond, cond], dim=1))
+    with pytest.raises(ValueError, match=r"network.in_channels: is 2 but x \(2\) \+ cond \(1\) give 3 channels"):
+        model(torch.cat([x, x], dim=1), t, cond)
     with pytest.raises(ValueError, match="network.spatial_dims: model is 2D"):
         model(x[None], t, cond[None])
 
@@ -168,6 +174,6 @@ def test_registry_validates_config_types():
     with pytest.raises(ValueError, match="network.base_channels"):
         BACKBONES.build("unet", base_channels="abc")
     with pytest.raises(ValueError, match="network.conditioning_key"):
-        BACKBONES.build("unet", conditioning_key="crossattn")
+        BACKBONES.build("unet", conditioning_key="film")
     model = BACKBONES.build("unet", **{**TINY, "channel_mult": ["1", "2"], "attention_levels": [0, 1]})
     assert model(*inputs()).shape == (2, 1, 16, 16)

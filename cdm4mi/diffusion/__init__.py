@@ -5,6 +5,7 @@ Nothing here assumes a tensor shape beyond a leading batch dimension.
 
 from cdm4mi.diffusion.ddim import ddim_invert, ddim_sample, ddim_step
 from cdm4mi.diffusion.ddpm import ddpm_sample, ddpm_step
+from cdm4mi.diffusion.guidance import classifier_free_guidance
 from cdm4mi.diffusion.objective import (
     LOSS_TYPES,
     PARAMETERIZATIONS,
@@ -19,6 +20,6 @@ from cdm4mi.diffusion.timesteps import SPACINGS, sampling_timesteps
 
 __all__ = [
     "LOSS_TYPES", "PARAMETERIZATIONS", "SCHEDULES", "SPACINGS", "DiffusionObjective", "NoiseSchedule",
-    "ddim_invert", "ddim_sample", "ddim_step", "ddpm_sample", "ddpm_step", "make_betas", "prediction_target",
+    "classifier_free_guidance", "ddim_invert", "ddim_sample", "ddim_step", "ddpm_sample", "ddpm_step", "make_betas", "prediction_target",
     "q_sample", "sampling_timesteps", "split_prediction", "warm_start",
 ]

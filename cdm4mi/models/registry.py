@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from torch import nn
@@ -17,6 +18,10 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     return BACKBONES.build(name, **kwargs)
 
 
+BUILTIN_MODULES = ("mlp", "toy", "unet")
+
+
 def _register_builtins() -> None:
     # Imported for their @BACKBONES.register side effect; kept lazy so backbones never import each other.
-    from cdm4mi.models import mlp, toy, unet  # noqa: F401
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"cdm4mi.models.{module}")

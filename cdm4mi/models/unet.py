@@ -2,7 +2,12 @@
 
 One code path serves both dimensionalities: ``spatial_dims`` picks ``Conv2d``/``Conv3d``; every other
 operation (GroupNorm, interpolation, attention over flattened voxels) is dimension-agnostic.
-Conditioning images are concatenated to the noisy input along channels (``conditioning_key="concat"``).
+How the condition enters is ``conditioning_key`` (see ``cdm4mi.models.conditioning``): ``concat`` stacks the
+conditioning image on the input channels; ``crossattn`` lets every attention level attend to tokens of the
+image and of metadata; ``hybrid`` does both; ``adaln`` turns every residual block's normalization into
+AdaLN-Zero (scale, shift and gate from the time + condition embedding, zero at initialisation, so each
+block starts as the identity; Peebles & Xie 2023). Self-attention runs within windows of at most
+``attention_window`` tokens per axis (``cdm4mi.models.attention``).
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cdm4mi.models.attention import GridAttention, zeroed
+from cdm4mi.models.conditioning import CONDITIONING_KEYS, ConditionEncoder
 from cdm4mi.models.embeddings import TimestepEmbedding
 from cdm4mi.models.registry import BACKBONES
-
-CONDITIONING_KEYS = (None, "concat")
 
 
 def _conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
@@ -26,64 +31,51 @@ def _conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: i
     return conv_type(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
 
 
-def _zeroed(module: nn.Module) -> nn.Module:
-    """Zero a layer's parameters so the residual branch it ends starts as the identity (ADM)."""
-    for parameter in module.parameters():
-        nn.init.zeros_(parameter)
-    return module
-
-
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with FiLM time conditioning: ``norm(h) * (1 + scale) + shift``."""
+    """GroupNorm-SiLU-conv twice, the second normalization modulated by the embedding.
+
+    FiLM (default): ``norm(h) * (1 + scale) + shift``, the last convolution zeroed so the block starts as
+    its skip path. AdaLN-Zero (``adaln``): the same plus a gate on the residual branch; scale, shift and
+    gate come from a zero-initialised projection, so again the block starts as its skip path.
+    """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, emb_dim: int, dropout: float,
-                 norm_groups: int):
+                 norm_groups: int, adaln: bool = False):
         super().__init__()
+        self.adaln = adaln
         self.norm1 = nn.GroupNorm(norm_groups, in_channels)
         self.conv1 = _conv(spatial_dims, in_channels, out_channels)
-        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_channels))
+        projection = nn.Linear(emb_dim, (3 if adaln else 2) * out_channels)
+        self.emb_proj = nn.Sequential(nn.SiLU(), zeroed(projection) if adaln else projection)
         self.norm2 = nn.GroupNorm(norm_groups, out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = _zeroed(_conv(spatial_dims, out_channels, out_channels))
+        # With AdaLN-Zero the gate starts at zero; zeroing conv2 as well would leave both without gradient.
+        conv2 = _conv(spatial_dims, out_channels, out_channels)
+        self.conv2 = conv2 if adaln else zeroed(conv2)
         self.skip = nn.Identity() if in_channels == out_channels else _conv(spatial_dims, in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        film = self.emb_proj(emb)
-        scale, shift = film.view(*film.shape, *[1] * (x.ndim - 2)).chunk(2, dim=1)  # broadcast over space
-        h = F.silu(self.norm2(h) * (1 + scale) + shift)
-        return self.skip(x) + self.conv2(self.dropout(h))
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over all pixels/voxels of each sample, as a residual branch."""
-
-    def __init__(self, channels: int, num_head_channels: int, norm_groups: int):
-        super().__init__()
-        self.num_heads = channels // num_head_channels
-        self.norm = nn.GroupNorm(norm_groups, channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.out = _zeroed(nn.Linear(channels, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels = x.shape[:2]
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, N, C]
-        q, k, v = self.qkv(tokens).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, -1, channels)
-        return x + self.out(attended).transpose(1, 2).reshape(x.shape)
+        modulation = self.emb_proj(emb)
+        modulation = modulation.view(*modulation.shape, *[1] * (x.ndim - 2))  # broadcast over space
+        scale, shift, *gate = modulation.chunk(3 if self.adaln else 2, dim=1)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h) * (1 + scale) + shift)))
+        return self.skip(x) + (gate[0] * h if self.adaln else h)
 
 
 class ResAttnBlock(nn.Module):
-    """A ResBlock, then self-attention if ``attention``, then an optional 2x nearest upsample + conv."""
+    """A ResBlock, then attention if ``attention`` (windowed self-, optional cross-), then an optional
+    2x nearest upsample + conv."""
 
-    def __init__(self, res: ResBlock, attention: Optional[SelfAttention] = None, upsample: Optional[nn.Module] = None):
+    def __init__(self, res: ResBlock, attention: Optional[GridAttention] = None,
+                 upsample: Optional[nn.Module] = None):
         super().__init__()
         self.res, self.attention, self.upsample = res, attention, upsample
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.res(h, emb)
         if self.attention is not None:
-            h = self.attention(h)
+            h = self.attention(h, context)
         if self.upsample is not None:
             h = self.upsample(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return h
@@ -96,13 +88,13 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = _conv(spatial_dims, channels, channels, stride=2)
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.conv(h)
 
 
 def _validate_options(spatial_dims: int, base_channels: int, channel_mult: list[int], attention_levels: list[bool],
-                      num_head_channels: int, dropout: float, norm_groups: int,
-                      conditioning_key: Optional[str]) -> None:
+                      num_head_channels: int, dropout: float, norm_groups: int, conditioning_key: Optional[str],
+                      attention_window: Optional[int]) -> None:
     """Raise a ``ValueError`` naming the first inconsistent constructor option."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"network.spatial_dims: must be 2 or 3, got {spatial_dims}")
@@ -117,6 +109,12 @@ def _validate_options(spatial_dims: int, base_channels: int, channel_mult: list[
     if len(attention_levels) != len(channel_mult):
         raise ValueError(f"network.attention_levels: needs one flag per channel_mult level ({len(channel_mult)}), "
                          f"got {len(attention_levels)}")
+    if conditioning_key in ("crossattn", "hybrid") and not any(attention_levels):
+        raise ValueError(f"network.attention_levels: conditioning_key '{conditioning_key}' attends to the condition "
+                         "at attention levels; switch at least one on")
+    if attention_window is not None and attention_window < 1:
+        raise ValueError(f"network.attention_window: must be >= 1 token per axis (or null: global), "
+                         f"got {attention_window}")
     for mult, attend in zip(channel_mult, attention_levels):
         channels = base_channels * mult
         if channels % norm_groups:
@@ -129,31 +127,51 @@ def _validate_options(spatial_dims: int, base_channels: int, channel_mult: list[
 
 @BACKBONES.register("unet")
 class ConditionalUNet(nn.Module):
-    """Denoising U-Net: ``forward(x [B, C, *spatial], t [B], cond [B, C_cond, *spatial]) -> [B, C_out, *spatial]``.
+    """Denoising U-Net: ``forward(x [B, C, *spatial], t [B], cond) -> [B, C_out, *spatial]``.
 
-    ``in_channels`` counts channels after conditioning (noisy target + conditioning image). Each of the
-    ``len(channel_mult)`` levels has ``num_res_blocks`` residual blocks (plus one more in the decoder, which
-    takes the extra skip), self-attention where ``attention_levels`` is set, and halves/doubles the size.
+    ``cond`` is None, a conditioning image or a dict (``cdm4mi.models.conditioning``). ``in_channels``
+    counts channels after stacking (noisy target + conditioning image). Each of the ``len(channel_mult)``
+    levels has ``num_res_blocks`` residual blocks (plus one more in the decoder, which takes the extra
+    skip), attention where ``attention_levels`` is set, and halves/doubles the size.
+
+    Conditioning options: ``cond_channels`` (channels of the conditioning image; default
+    ``in_channels - out_channels`` for concat/hybrid/adaln, 1 for crossattn), ``vector_dim`` (metadata
+    vector size), ``num_classes`` (class labels), ``cond_drop_prob`` (classifier-free guidance training),
+    ``cond_patch_size``/``token_dim``/``max_cond_tokens`` (the image tokenizer of crossattn/hybrid).
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 2, out_channels: int = 1, base_channels: int = 64,
                  channel_mult: list[int] = [1, 2, 4], num_res_blocks: int = 2,  # noqa: B006 - copied, never mutated
                  attention_levels: list[bool] = [False, False, True], num_head_channels: int = 32,  # noqa: B006
-                 dropout: float = 0.0, norm_groups: int = 32, conditioning_key: Optional[Literal["concat"]] = "concat",
+                 dropout: float = 0.0, norm_groups: int = 32,
+                 conditioning_key: Optional[Literal["concat", "crossattn", "hybrid", "adaln"]] = "concat",
+                 cond_channels: Optional[int] = None, vector_dim: int = 0, num_classes: int = 0,
+                 cond_drop_prob: float = 0.0, cond_patch_size: int = 8, token_dim: int = 128,
+                 max_cond_tokens: int = 256, attention_window: Optional[int] = None,
                  gradient_checkpointing: bool = False):
         super().__init__()
         channel_mult, attention_levels = list(channel_mult), list(attention_levels)
         _validate_options(spatial_dims, base_channels, channel_mult, attention_levels, num_head_channels, dropout,
-                          norm_groups, conditioning_key)
+                          norm_groups, conditioning_key, attention_window)
         self.spatial_dims, self.in_channels, self.conditioning_key = spatial_dims, in_channels, conditioning_key
         self.size_multiple = 2 ** (len(channel_mult) - 1)
         self.gradient_checkpointing = gradient_checkpointing
+        self.cond_drop_prob = cond_drop_prob
         emb_dim = 4 * base_channels
         self.time_embedding = TimestepEmbedding(base_channels, emb_dim)
+        if cond_channels is None:
+            stacked = conditioning_key in ("concat", "hybrid", "adaln")
+            cond_channels = in_channels - out_channels if stacked else int(conditioning_key == "crossattn")
+        self.condition = ConditionEncoder(spatial_dims, conditioning_key, cond_channels, vector_dim, num_classes,
+                                          emb_dim, token_dim, cond_patch_size, max_cond_tokens, cond_drop_prob)
+        context_channels = token_dim if self.condition.uses_tokens else None
+        adaln = conditioning_key == "adaln"
 
         def res_attn(c_in: int, c_out: int, attend: bool, upsample: bool = False) -> ResAttnBlock:
-            return ResAttnBlock(ResBlock(spatial_dims, c_in, c_out, emb_dim, dropout, norm_groups),
-                                SelfAttention(c_out, num_head_channels, norm_groups) if attend else None,
+            attention = None
+            if attend:
+                attention = GridAttention(c_out, num_head_channels, norm_groups, attention_window, context_channels)
+            return ResAttnBlock(ResBlock(spatial_dims, c_in, c_out, emb_dim, dropout, norm_groups, adaln), attention,
                                 _conv(spatial_dims, c_out, c_out) if upsample else None)
 
         self.conv_in = _conv(spatial_dims, in_channels, base_channels)
@@ -179,30 +197,33 @@ class ConditionalUNet(nn.Module):
                 channels = base_channels * channel_mult[level]
 
         self.head = nn.Sequential(nn.GroupNorm(norm_groups, channels), nn.SiLU(),
-                                  _zeroed(_conv(spatial_dims, channels, out_channels)))
+                                  zeroed(_conv(spatial_dims, channels, out_channels)))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float,
-                cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float, cond: object = None) -> torch.Tensor:
         """Predict from noisy ``x`` at timesteps ``t`` (integer or fractional; a scalar is shared by the batch)."""
         self._check_spatial_shape(x)
-        h = self._condition(x, cond)
+        condition = self.condition(cond, x)
+        h = self._stack(x, condition.image)
         emb = self.time_embedding(self._timesteps(t, x))
+        if condition.embedding is not None:
+            emb = emb + condition.embedding
+        context = condition.tokens
         h = self.conv_in(h)
         skips = [h]
         for block in self.encoder:
-            h = self._run(block, h, emb)
+            h = self._run(block, h, emb, context)
             skips.append(h)
         for block in self.middle:
-            h = self._run(block, h, emb)
+            h = self._run(block, h, emb, context)
         for block in self.decoder:
-            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context)
         return self.head(h)
 
-    def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
         # Checkpointing trades a second forward pass for not storing activations; only useful when training.
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, h, emb, use_reentrant=False)
-        return block(h, emb)
+            return checkpoint(block, h, emb, context, use_reentrant=False)
+        return block(h, emb, context)
 
     def _check_spatial_shape(self, x: torch.Tensor) -> None:
         """Every level halves the size, so skips only line up when each side divides by ``size_multiple``."""
@@ -214,22 +235,11 @@ class ConditionalUNet(nn.Module):
             raise ValueError(f"x: spatial size {tuple(x.shape[2:])} must be divisible by {self.size_multiple} "
                              f"(2 ** (len(channel_mult) - 1)); pad to {padded} or crop")
 
-    def _condition(self, x: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
-        """Validate ``cond`` and return the network input; the one place conditioning modes live."""
-        if self.conditioning_key is None:
-            if cond is not None:
-                raise ValueError("cond: network.conditioning_key is None (unconditional) but a cond tensor was given")
-            inputs = x
-        else:  # "concat"
-            if cond is None:
-                raise ValueError("cond: network.conditioning_key 'concat' expects a conditioning image "
-                                 f"[B, C_cond, {', '.join(map(str, x.shape[2:]))}], got None")
-            if cond.shape[0] != x.shape[0] or cond.shape[2:] != x.shape[2:]:
-                raise ValueError(f"cond: shape {tuple(cond.shape)} must match x {tuple(x.shape)} "
-                                 f"in batch and spatial sizes")
-            inputs = torch.cat([x, cond.to(x.dtype)], dim=1)
+    def _stack(self, x: torch.Tensor, image: Optional[torch.Tensor]) -> torch.Tensor:
+        """The network input: ``x`` with the conditioning image (if this mode stacks one) on the channels."""
+        inputs = x if image is None else torch.cat([x, image], dim=1)
         if inputs.shape[1] != self.in_channels:
-            given = f"x ({x.shape[1]})" + (f" + cond ({cond.shape[1]})" if cond is not None else "")
+            given = f"x ({x.shape[1]})" + (f" + cond ({image.shape[1]})" if image is not None else "")
             raise ValueError(f"network.in_channels: is {self.in_channels} but {given} give {inputs.shape[1]} channels")
         return inputs
 

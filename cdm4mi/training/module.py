@@ -14,7 +14,14 @@ import lightning as L
 import torch
 
 from cdm4mi.config import Config, SamplingConfig, validate
-from cdm4mi.diffusion import DiffusionObjective, NoiseSchedule, ddim_sample, ddpm_sample, warm_start
+from cdm4mi.diffusion import (
+    DiffusionObjective,
+    NoiseSchedule,
+    classifier_free_guidance,
+    ddim_sample,
+    ddpm_sample,
+    warm_start,
+)
 from cdm4mi.evaluation.figures import save_sample_preview
 from cdm4mi.models import build_backbone
 
@@ -66,8 +73,7 @@ class DiffusionModule(L.LightningModule):
         if self.trainer.sanity_checking or count == 0 or self._preview_batch is None or not self.trainer.is_global_zero:
             return
         reference = self._preview_batch["x0"][:count]
-        cond = self._preview_batch.get("cond")
-        cond = cond[:count] if torch.is_tensor(cond) else cond
+        cond = first_samples(self._preview_batch.get("cond"), count)
         generator = torch.Generator(device=self.device).manual_seed(self.config.training.seed)
         noise = torch.randn(reference.shape, generator=generator, device=self.device, dtype=reference.dtype)
         t_start = self.config.training.preview_t_start
@@ -94,6 +100,10 @@ class DiffusionModule(L.LightningModule):
         ``x`` is prior noise, or the warm-start state at ``t_start``.
         """
         options = SamplingConfig.model_validate({**self.config.sampling.model_dump(), **overrides})
+        if options.guidance_scale != 1.0 and not getattr(self.backbone, "cond_drop_prob", 0.0):
+            raise ValueError("sampling.guidance_scale: this network was trained without condition dropout "
+                             "(network.cond_drop_prob = 0), so it has no unconditional branch to guide with")
+        model = classifier_free_guidance(self.backbone, options.guidance_scale)
         common = dict(
             num_steps=options.steps,
             parameterization=self.config.diffusion.parameterization,
@@ -105,8 +115,8 @@ class DiffusionModule(L.LightningModule):
             progress=progress,
         )
         if options.sampler == "ddim":
-            return ddim_sample(self.backbone, x, self.schedule, eta=options.eta, **common)
-        return ddpm_sample(self.backbone, x, self.schedule, variance=options.variance, **common)
+            return ddim_sample(model, x, self.schedule, eta=options.eta, **common)
+        return ddpm_sample(model, x, self.schedule, variance=options.variance, **common)
 
     def configure_optimizers(self):
         training = self.config.training
@@ -121,3 +131,12 @@ class DiffusionModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def first_samples(cond: object, count: int) -> object:
+    """The first ``count`` samples of a batched condition: a tensor, a dict of them, or None."""
+    if torch.is_tensor(cond):
+        return cond[:count]
+    if isinstance(cond, dict):
+        return {key: first_samples(value, count) for key, value in cond.items()}
+    return cond
