@@ -1,6 +1,6 @@
 """Time whole-scan denoising: cdm4mi's warm-started DDIM against MONAI's DiffusionInferer from pure noise.
 
-ours:  ``denoise_volume`` with a ``DiffusionModule`` built from ``--config`` (configs/ldct_2d.yaml): warm start
+ours:  ``denoise_volume`` with a ``DiffusionModule`` built from ``--config`` (configs/ldct_2d_concat.yaml): warm start
        at the timestep matching 40 HU of noise, the config's DDIM steps, slices in batches of ``--batch-size``.
 MONAI: ``DiffusionInferer.sample(noise, net, DDIMScheduler(1000), conditioning=slices, mode="concat")`` with a
        ``DiffusionModelUNet`` of the same design (widths, residual blocks, attention levels, head channels, norm
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--peer-steps", type=int, default=50, help="MONAI's usual number of DDIM steps")
     parser.add_argument("--measure-peer-steps", action="store_true",
                         help="run MONAI at --peer-steps instead of estimating it from its per-step time")
-    parser.add_argument("--config", default=str(builtin_config("ldct_2d.yaml")))
+    parser.add_argument("--config", default=str(builtin_config("ldct_2d_concat.yaml")))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (both networks)")
     parser.add_argument("--monai-flash", action="store_true", help="MONAI use_flash_attention=True (SDPA, as ours)")
     parser.add_argument("--channels-last", action="store_true", help="both networks in channels_last memory format")

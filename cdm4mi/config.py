@@ -134,16 +134,32 @@ def builtin_config(name: str) -> Path:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (or start empty), apply overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"--config: file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"--config: {path} is not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"--config: {path} must hold a mapping of sections, not {type(raw).__name__}")
+    """Read a YAML config (or start empty), apply overrides, validate.
+
+    A config may start from another: ``base: ldct_2d_concat.yaml`` (a path relative to the config's own
+    folder) loads that file first and merges this one over it, section by section.
+    """
+    raw = read_config_file(Path(path)) if path is not None else {}
     return validate(merge(raw, parse_overrides(list(overrides))))
+
+
+def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One YAML config merged over its ``base`` chain; ``chain`` holds the files that led here (cycles)."""
+    option = "--config" if not chain else f"{chain[-1]}: base"
+    if not path.is_file():
+        raise ValueError(f"{option}: file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{option}: {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{option}: {path} must hold a mapping of sections, not {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: base: expected a config file name, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain or base_path == path.resolve():
+        raise ValueError(f"{path}: base: {base} leads back to itself")
+    return merge(read_config_file(base_path, (*chain, path.resolve())), raw)

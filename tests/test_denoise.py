@@ -21,15 +21,15 @@ from cdm4mi.data.hospital import HospitalSpec
 from cdm4mi.data.io import load_scan
 from cdm4mi.training.checkpoint import load_module
 
-MAX_TRAIN_TIMESTEP = 200  # configs/ldct_2d.yaml
+MAX_TRAIN_TIMESTEP = 200  # configs/ldct_2d_concat.yaml
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """configs/ldct_2d.yaml with a 16-channel U-Net, trained 30 steps on 4 phantom patients."""
+    """configs/ldct_2d_concat.yaml with a 16-channel U-Net, trained 30 steps on 4 phantom patients."""
     root = tmp_path_factory.mktemp("ct_model")
     manifest, _ = make_ct_hospital(root, HospitalSpec(num_patients=4, shape=(4, 64, 64)))
-    path = train_tiny("ldct_2d.yaml", manifest, root / "run", 30)
+    path = train_tiny("ldct_2d_concat.yaml", manifest, root / "run", 30)
     assert load_module(path).objective.max_train_timestep == MAX_TRAIN_TIMESTEP
     return path
 

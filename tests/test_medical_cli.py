@@ -88,7 +88,7 @@ class Hospital:
         self.root = root
         self.manifest, self.entries = make_ct_hospital(root)
         self.data = root / "hospital"
-        self.checkpoint = train_tiny("ldct_2d.yaml", self.manifest, root / "run", 30)
+        self.checkpoint = train_tiny("ldct_2d_concat.yaml", self.manifest, root / "run", 30)
 
     def patients(self, split: str) -> list[dict]:
         return [entry for entry in self.entries["patients"] if entry["split"] == split]
@@ -200,7 +200,7 @@ def test_hospital_to_held_out_evaluation(hospital, tmp_path, capsys):
 def test_cross_validation_tests_every_patient_once(hospital, tmp_path, capsys):
     out = tmp_path / "cv"
     printed = cli(capsys, "evaluate", "--manifest", hospital.manifest, "--folds", "2",
-                  "--config", REPO / "configs" / "ldct_2d.yaml", "--out", out, *TINY_UNET, *quick_training(3))
+                  "--config", REPO / "configs" / "ldct_2d_concat.yaml", "--out", out, *TINY_UNET, *quick_training(3))
     for method in METHODS:
         assert method in printed
     every_id = {e["patient_id"] for e in hospital.entries["patients"]}
