@@ -4,19 +4,33 @@ X: a DICOM series folder, a DICOM file (Enhanced multi-frame included) or a NIfT
 Y: ``.nii``/``.nii.gz`` (affine kept) or a folder, which receives a DERIVED DICOM series that files
 next to the original (HU kept through rescale slope/intercept). With ``--samples K > 1`` the per-voxel
 standard deviation over the K draws is written beside Y (``<Y>_std``): an uncertainty map.
+
+A model trained with ``data.metadata`` (e.g. ``[dose_fraction, noise_level, kvp]``) is told the scan's
+metadata: ``--metadata key=value`` (repeatable, e.g. ``--metadata dose_fraction=0.25``) first, then the
+input's DICOM tags, then the noise level estimated from the scan. Fields: see ``cdm4mi.data.metadata``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
 from cdm4mi.data.io import Scan, load_scan
+from cdm4mi.data.metadata import FIELDS, parse_value
 from cdm4mi.data.writers import NIFTI_SUFFIXES, write_volume
-from cdm4mi.inference.denoise import denoise_scan, model_normalization
+from cdm4mi.inference.denoise import (
+    DenoiseResult,
+    denoise_scan,
+    model_metadata_fields,
+    model_normalization,
+)
 from cdm4mi.training.checkpoint import load_module
+
+PRIVATE_FIELDS = ("age_years", "sex")  # used, but their values are never printed
+
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("denoise", parents=[common], help="denoise a scan with a trained model",
@@ -32,6 +46,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=1, help="draws to average; > 1 also writes <output>_std")
     parser.add_argument("--batch-size", type=int, default=8, help="slices (or 3D windows) per forward pass")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a metadata value for models trained with data.metadata, repeatable; keys: "
+                             f"{', '.join(FIELDS)} (default: the DICOM tags, the estimated noise level)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the input)")
     parser.set_defaults(run=run)
@@ -60,6 +77,43 @@ def parse_t_start(value: str) -> int | None:
         raise ValueError(f"--t-start: expected an integer timestep or 'auto', got {value!r}") from None
 
 
+def parse_metadata(items: list[str]) -> dict[str, float | str]:
+    """``["dose_fraction=0.25", "kvp=100"]`` -> parsed values; unknown keys, repeats and bad values refused."""
+    values: dict[str, float | str] = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        key = key.strip()
+        if not separator or not key:
+            raise ValueError(f"--metadata: expected key=value such as dose_fraction=0.25, got {item!r}")
+        if key not in FIELDS:
+            raise ValueError(f"--metadata: unknown key {key!r}; allowed: {list(FIELDS)}")
+        if key in values:
+            raise ValueError(f"--metadata: {key} is given twice")
+        values[key] = parse_value(key, value.strip(), "--metadata")
+    return values
+
+
+def check_metadata(given: dict[str, float | str], module, checkpoint: str) -> None:
+    """Every ``--metadata`` key is one the model was trained with."""
+    fields = model_metadata_fields(module)
+    unused = [key for key in given if key not in fields]
+    if unused:
+        trained = f"data.metadata {list(fields)}" if fields else "no metadata (data.metadata is not set)"
+        raise ValueError(f"--metadata: {checkpoint} was trained with {trained}, so {unused[0]} cannot be used")
+
+
+def describe_metadata(result: DenoiseResult) -> str:
+    """One line: each metadata field, its value (except age and sex) and where it came from."""
+    parts = []
+    for key, source in result.metadata_sources.items():
+        if source == "missing" or key in PRIVATE_FIELDS:
+            parts.append(f"{key} ({source})")
+        else:
+            value = result.metadata[key]
+            parts.append(f"{key}={value:.4g} ({source})" if isinstance(value, float) else f"{key}={value} ({source})")
+    return "metadata: " + ", ".join(parts)
+
+
 def check_compatible(scan: Scan, module, checkpoint: str) -> None:
     """A CT (HU window) model on MR data, or an MRI model on CT, is refused (NIfTI carries no modality)."""
     trained_for_ct = model_normalization(module).name == "hu_window"
@@ -73,16 +127,24 @@ def run(args: argparse.Namespace) -> int:
     input_path, output = Path(args.input), Path(args.output)
     output, std_path = output_paths(input_path, output, args.samples, args.overwrite)
     t_start = parse_t_start(args.t_start)
+    metadata = parse_metadata(args.metadata)
     module = load_module(args.checkpoint, map_location=args.device)
+    check_metadata(metadata, module, args.checkpoint)
     scan = load_scan(input_path, series_uid=args.series)
     if scan.modality == "OT":  # NIfTI says nothing of modality: it is the model's (needed to write DICOM)
         scan = dataclasses.replace(scan, modality="CT" if model_normalization(module).name == "hu_window" else "MR")
     check_compatible(scan, module, args.checkpoint)
     result = denoise_scan(module, scan, steps=args.steps, eta=args.eta, t_start=t_start,
-                            samples=args.samples, batch_size=args.batch_size, seed=args.seed)
+                          samples=args.samples, batch_size=args.batch_size, seed=args.seed, metadata=metadata)
     write_volume(result.mean, scan, output, "cdm4mi denoised", args.overwrite)
     print(f"denoised {scan.array.shape[0]} slices of {scan.array.shape[1]}x{scan.array.shape[2]} "
           f"(warm start t={result.t_start}, input noise {result.input_noise_std:.3f} model units)")
+    if result.metadata_sources:
+        print(describe_metadata(result))
+        missing = [key for key, source in result.metadata_sources.items() if source == "missing"]
+        if missing:
+            print(f"cdm4mi denoise: warning: no value for {', '.join(missing)} (not given with --metadata, no DICOM "
+                  "tag); the model was told they are unknown", file=sys.stderr)
     print(f"output: {output}")
     if std_path is not None:
         write_volume(result.std, scan, std_path, "cdm4mi uncertainty (std)", args.overwrite)

@@ -5,6 +5,9 @@ Gaussian approximation of the extra photon noise at ``dose`` times the incident 
 electronic noise, filtered back projection), added to the original HU so the full-dose image stays
 the reference; see ``cdm4mi.data.ct_noise``. MRI: Rician noise with sigma a percentage of a
 reference intensity (default the 99th percentile); see ``cdm4mi.data.mri_noise``.
+
+A simulated CT series from a DICOM input that records its Exposure (mAs) records ``dose`` times it, so
+the tags of the low-dose series tell its dose (``cdm4mi.data.metadata``, field ``exposure_mas``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from cdm4mi.atomic import check_writable, refuse_input_overlap
 from cdm4mi.data.ct_noise import simulate_low_dose_ct
 from cdm4mi.data.io import load_scan
+from cdm4mi.data.metadata import dicom_metadata
 from cdm4mi.data.mri_noise import add_rician_noise
 from cdm4mi.data.writers import write_volume
 
@@ -40,15 +44,20 @@ def run(args: argparse.Namespace) -> int:
     refuse_input_overlap(input_path, output)
     check_writable(output, args.overwrite, option="--output")
     scan = load_scan(input_path, series_uid=args.series, modality="CT" if args.modality == "ct" else "MR")
+    tags = {}
     if args.modality == "ct":
         noisy = simulate_low_dose_ct(scan.array, scan.spacing_mm[1:], dose_fraction=args.dose,
                                      incident_flux=args.flux, electronic_noise_var=args.electronic_noise, seed=args.seed)
         description = f"simulated {args.dose:.0%} dose (I0 {args.flux:.3g})"
+        header = scan.dicom_reference.header if scan.dicom_reference is not None else None
+        exposure = dicom_metadata(header, ["exposure_mas"]).get("exposure_mas")
+        if exposure is not None:  # Exposure is an integer (IS) in mAs
+            tags["Exposure"] = max(1, round(exposure * args.dose))
     else:
         noisy = add_rician_noise(scan.array, args.sigma_percent, seed=args.seed)
         description = f"simulated Rician noise {args.sigma_percent:g}%"
     write_volume(noisy, scan, output, description, overwrite=args.overwrite,
-                 tags={"DerivationDescription": f"cdm4mi simulate: {description}"})
+                 tags={**tags, "DerivationDescription": f"cdm4mi simulate: {description}"})
     change = noisy - scan.array
     print(f"{description}: added noise std {change.std():.2f} (scan units), mean {change.mean():+.2f}")
     print(f"output: {output}")

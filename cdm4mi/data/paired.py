@@ -15,6 +15,12 @@ Items are dicts: ``x0`` (the target, model units) and ``cond`` (the input):
   patch of an axis ends at the volume's edge, so neighbours may overlap); without ``patch_size`` whole
   volumes, one item per patient.
 
+With ``metadata`` (a list of fields of ``cdm4mi.data.metadata``, e.g. ``[dose_fraction, noise_level, kvp]``),
+``cond`` is a dict instead, in every mode: ``{"image": <the conditioning image above>, "vector": float32
+[2 * len(metadata)]}``, the patient's metadata encoded once when its volumes are loaded: values from the
+manifest entry's ``metadata`` first, then the input scan's DICOM tags, then (``noise_level``) the noise std
+estimated on the normalized input volume. The network's ``vector_dim`` must be ``2 * len(metadata)``.
+
 2d/2.5d items also carry ``patient_id`` (pseudonym, str) and ``slice_index`` (int); 3d items carry
 ``patient_id`` and ``patch_start`` (int64 ``[3]``, voxels). Training crops (``patch_size``) use MONAI
 ``RandSpatialCropd``, seeded by ``seed`` and reseeded in each DataLoader worker from torch's worker seed;
@@ -38,6 +44,8 @@ from torch.utils.data import Dataset, get_worker_info
 
 from cdm4mi.data.io import load_scan, resample_to
 from cdm4mi.data.manifest import Manifest, load_manifest
+from cdm4mi.data.metadata import check_fields, encode_metadata, resolve_metadata
+from cdm4mi.data.noise_estimate import estimate_noise_std
 from cdm4mi.data.normalize import HUWindow, Normalization, normalization_from_dict
 from cdm4mi.data.registry import DATASETS
 
@@ -59,6 +67,7 @@ def paired_scans(
     cache: Literal["memory", "none"] = "memory",
     seed: int = 0,
     spacing_mm: list[float] | None = None,
+    metadata: list[str] | None = None,
 ) -> PairedScans:
     """The patients of ``split`` in ``manifest`` (see ``cdm4mi.data.manifest``) as denoising pairs.
 
@@ -77,6 +86,8 @@ def paired_scans(
         seed: seed of the training crops.
         spacing_mm: resample both scans to this voxel size ``[d, h, w]`` mm first (MONAI ``Spacing``);
             ``cdm4mi denoise`` then resamples its input the same way and its output back.
+        metadata: fields of ``cdm4mi.data.metadata`` to encode into ``cond["vector"]`` (module docstring);
+            ``cdm4mi denoise`` builds the same vector for its input.
     """
     if context_slices < 1:
         raise ValueError(f"data.context_slices: must be >= 1, got {context_slices}")
@@ -90,7 +101,7 @@ def paired_scans(
         raise ValueError(f"data.spacing_mm: need 3 positive voxel sizes [d, h, w] in mm, got {spacing_mm}")
     loaded = load_manifest(manifest, root=root)
     return PairedScans(loaded, split, mode, context_slices, patch_size, patches_per_volume,
-                       recipe(normalization, loaded.modality), cache, seed, spacing_mm)
+                       recipe(normalization, loaded.modality), cache, seed, spacing_mm, metadata)
 
 
 def recipe(normalization: Mapping[str, Any] | None, modality: str) -> Normalization:
@@ -111,16 +122,19 @@ def recipe(normalization: Mapping[str, Any] | None, modality: str) -> Normalizat
 
 
 class LoadNormalizedPair(Transform):
-    """A manifest record ``{patient_id, input, target, modality}`` -> both volumes in model units.
+    """A manifest record ``{patient_id, input, target, modality, metadata}`` -> both volumes in model units.
 
     Output: ``input``/``target`` float32 ``[D, H, W]``, ``affine`` (RAS mm), ``normalization`` (the
-    fitted settings as ``to_dict()``), ``patient_id``.
+    fitted settings as ``to_dict()``), ``patient_id``; with ``metadata`` fields also ``vector`` (float32
+    ``[2 * len(metadata)]``, ``cdm4mi.data.metadata``).
     """
 
-    def __init__(self, normalization: Normalization, where: str, spacing_mm: list[float] | None = None) -> None:
+    def __init__(self, normalization: Normalization, where: str, spacing_mm: list[float] | None = None,
+                 metadata: tuple[str, ...] | None = None) -> None:
         self.normalization = normalization
         self.where = where
         self.spacing_mm = spacing_mm
+        self.metadata = metadata
 
     def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
         scan_input = load_scan(record["input"], modality=record["modality"])
@@ -136,13 +150,20 @@ class LoadNormalizedPair(Transform):
             raise ValueError(f"{patient}: input and target affines differ by up to {gap:.3g} mm: input "
                              f"{_one_line(scan_input.affine)}, target {_one_line(target.affine)}")
         fitted = self.normalization.fit(scan_input.array)
-        return {
+        loaded = {
             "patient_id": record["patient_id"],
             "input": np.asarray(fitted.forward(scan_input.array), dtype=np.float32),
             "target": np.asarray(fitted.forward(target.array), dtype=np.float32),
             "affine": scan_input.affine,
             "normalization": fitted.to_dict(),
         }
+        if self.metadata:
+            reference = scan_input.dicom_reference
+            values, _ = resolve_metadata(self.metadata, record.get("metadata"),
+                                         None if reference is None else reference.header,
+                                         lambda: estimate_noise_std(loaded["input"]), f"{patient}: metadata")
+            loaded["vector"] = encode_metadata(self.metadata, values)
+        return loaded
 
 
 class PairedScans(Dataset):
@@ -151,7 +172,7 @@ class PairedScans(Dataset):
     def __init__(self, manifest: Manifest, split: str, mode: str = "2d", context_slices: int = 1,
                  patch_size: list[int] | None = None, patches_per_volume: int = 16,
                  normalization: Normalization | None = None, cache: str = "memory", seed: int = 0,
-                 spacing_mm: list[float] | None = None) -> None:
+                 spacing_mm: list[float] | None = None, metadata: list[str] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"data.mode: unknown '{mode}'; choose one of {list(MODES)}")
         if cache not in ("memory", "none"):
@@ -164,10 +185,13 @@ class PairedScans(Dataset):
         self.normalization = normalization or recipe(None, manifest.modality)
         """The settings every volume was normalized with (statistics, if any, fitted per input volume:
         ``volume_normalization``); inference fits the same on its input and inverts with it."""
+        self.metadata = None if metadata is None else check_fields(metadata, "data.metadata")
+        """Metadata fields encoded into ``cond["vector"]``, or None: ``cond`` is the image alone."""
         self.patient_ids = [entry.patient_id for entry in entries]
         records = [{"patient_id": e.patient_id, "input": str(manifest.input_path(e)),
-                    "target": str(manifest.target_path(e)), "modality": e.modality} for e in entries]
-        loader = LoadNormalizedPair(self.normalization, str(manifest.path or "manifest"), spacing_mm)
+                    "target": str(manifest.target_path(e)), "modality": e.modality, "metadata": dict(e.metadata)}
+                   for e in entries]
+        loader = LoadNormalizedPair(self.normalization, str(manifest.path or "manifest"), spacing_mm, self.metadata)
         with _original_errors():
             if cache == "memory":
                 # copy_cache=False: items are copied out of the cache, never changed in it.
@@ -199,15 +223,18 @@ class PairedScans(Dataset):
             item.pop("patch_start", None)  # a random patch has no fixed place
         # Items never share memory with the cached volumes, so changing one cannot change the cache.
         item["x0"], item["cond"] = (item[key].clone(memory_format=torch.contiguous_format) for key in ("x0", "cond"))
+        if self.metadata:
+            item["cond"] = {"image": item["cond"], "vector": torch.tensor(volume["vector"], dtype=torch.float32)}
         return item
 
     def volume(self, patient_id: str) -> dict[str, Any]:
-        """One patient's normalized ``input``/``target`` ``[D, H, W]``, ``affine`` and fitted normalization."""
+        """One patient's normalized ``input``/``target`` ``[D, H, W]``, ``affine``, fitted normalization and,
+        with ``metadata``, the encoded ``vector``."""
         if patient_id not in self.patient_ids:
             raise ValueError(f"patient {patient_id} is not in split '{self.split}'")
         cached = self._volume(self.patient_ids.index(patient_id))
-        return {**cached, "input": cached["input"].copy(), "target": cached["target"].copy(),
-                "normalization": normalization_from_dict(cached["normalization"])}
+        copied = {key: cached[key].copy() for key in ("input", "target", "vector") if key in cached}
+        return {**cached, **copied, "normalization": normalization_from_dict(cached["normalization"])}
 
     def volume_normalization(self, patient_id: str) -> Normalization:
         """The normalization fitted on this patient's input: ``inverse`` maps model units back to HU."""

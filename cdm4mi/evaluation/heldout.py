@@ -55,7 +55,9 @@ def evaluate_heldout(
         full = load_scan(manifest.target_path(entry))
         if low.array.shape != full.array.shape:
             raise ValueError(f"patient {entry.patient_id}: input {low.array.shape} and target {full.array.shape} differ")
-        denoised = denoise_scan(module, low, progress=False, **(denoise_options or {}))
+        # The manifest's metadata (dose fraction...) is what the model was trained with for this patient.
+        options = {"metadata": entry.metadata, **(denoise_options or {})}
+        denoised = denoise_scan(module, low, progress=False, **options)
         result.warm_starts[entry.patient_id] = denoised.t_start
         outputs = {"model": denoised.mean, "low_dose_input": low_dose_input(low.array),
                    "gaussian": gaussian_filter_baseline(low.array), "nlm": nlm_baseline(low.array)}

@@ -6,21 +6,29 @@ The low-dose input ``y`` (model units) is ``x0 + n`` with noise std ``sigma``. S
 (few steps, no hallucinated structure from the prior). A later ``t_start`` is topped up with fresh
 noise of variance ``(1 - abar)/abar - sigma^2``; that is also how ``samples > 1`` draws differ
 (the per-voxel std over draws is the uncertainty map).
+
+A model trained with ``data.metadata`` gets the metadata vector of the input scan with every batch,
+``cond = {"image": ..., "vector": ...}``: values given to ``denoise_volume`` (``--metadata``) first, then
+the scan's DICOM tags, then the estimated noise level (``cdm4mi.data.metadata``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
-from skimage.restoration import estimate_sigma
+from pydicom.dataset import Dataset
 from tqdm.auto import tqdm
 
 from cdm4mi.data.io import Scan, resample_like, resample_to
+from cdm4mi.data.metadata import encode_metadata, resolve_metadata
+from cdm4mi.data.noise_estimate import estimate_noise_std
 from cdm4mi.data.normalize import HUWindow, normalization_from_dict
 from cdm4mi.diffusion import warm_start
 from cdm4mi.training.module import DiffusionModule
@@ -32,19 +40,14 @@ class DenoiseResult:
     std: np.ndarray | None  # [D, H, W] per-voxel std over samples (same units), when samples > 1
     t_start: int
     input_noise_std: float  # model units, estimated from the scan unless given
+    metadata: dict[str, Any] = field(default_factory=dict)  # field -> value fed to the model (data.metadata)
+    metadata_sources: dict[str, str] = field(default_factory=dict)  # field -> 'given', 'tag', 'estimated', 'missing'
 
 
 def model_normalization(module: DiffusionModule):
     """The normalization the model was trained with (``data.normalization``; CT HU window by default)."""
     spec = module.config.data.get("normalization")
     return normalization_from_dict(spec) if spec else HUWindow()
-
-
-def estimate_noise_std(volume: np.ndarray) -> float:
-    """Noise std of a [D, H, W] volume (any units): median over slices of a wavelet MAD estimate
-    (Donoho & Johnstone 1994, ``skimage.restoration.estimate_sigma``)."""
-    step = max(1, volume.shape[0] // 16)  # a subsample of slices is plenty for a median
-    return float(np.median([estimate_sigma(slice_) for slice_ in volume[::step]]))
 
 
 def neighbour_stack(volume: torch.Tensor, context_slices: int) -> torch.Tensor:
@@ -62,11 +65,15 @@ def _pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor,
 
 
 class WarmStartDenoiser:
-    """Maps conditioning images (model units) to denoised samples with one trained model."""
+    """Maps conditioning images (model units) to denoised samples with one trained model.
+
+    ``vector`` (``[vector_dim]``, the scan's encoded metadata) is added to the condition of every batch,
+    so callers that pass image batches only (slice batches, MONAI's sliding-window inferer) need not.
+    """
 
     def __init__(self, module: DiffusionModule, steps: int | None, eta: float | None, t_start: int,
-                 input_noise_std: float, generator: torch.Generator):
-        self.module, self.t_start, self.generator = module, t_start, generator
+                 input_noise_std: float, generator: torch.Generator, vector: torch.Tensor | None = None):
+        self.module, self.t_start, self.generator, self.vector = module, t_start, generator, vector
         self.overrides: dict[str, Any] = {"steps": min(steps or module.config.sampling.steps, t_start + 1)}
         if eta is not None:
             self.overrides["eta"] = eta
@@ -80,6 +87,8 @@ class WarmStartDenoiser:
             noise = torch.randn(noisy.shape, generator=self.generator, device=self.generator.device).to(noisy)
             noisy = noisy + self.top_up_std * noise
         x_t = warm_start(self.module.schedule, noisy, self.t_start)
+        if self.vector is not None:
+            cond = {"image": cond, "vector": self.vector.to(cond).expand(cond.shape[0], -1)}
         return self.module.sample(x_t, cond, t_start=self.t_start, generator=self.generator, **self.overrides)
 
 
@@ -95,11 +104,18 @@ def denoise_volume(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+    dicom_header: Dataset | None = None,
 ) -> DenoiseResult:
     """Denoise a [D, H, W] volume (HU for CT) with a 2D (slice-batched) or 3D (sliding-window) model.
 
     ``t_start=None`` picks the timestep matching the estimated input noise (twice its variance when
     ``samples > 1``, so draws differ). Returns the mean over ``samples`` draws and their std.
+
+    For a model trained with ``data.metadata``: ``metadata`` (field -> value, ``cdm4mi.data.metadata``;
+    fields the model does not take are ignored) and the tags of ``dicom_header`` give the vector, and the
+    noise level missing from both is the estimate. A given ``noise_level`` is also the warm start's input
+    noise std unless ``input_noise_std`` is set.
     """
     if volume.ndim != 3:
         raise ValueError(f"denoise: expected a [D, H, W] volume, got shape {volume.shape}")
@@ -108,7 +124,15 @@ def denoise_volume(
     device = module.device
     normalization = model_normalization(module).fit(volume)
     units = torch.as_tensor(np.asarray(normalization.forward(volume.astype(np.float32))), dtype=torch.float32)
+    fields = model_metadata_fields(module)
+    values, sources = resolve_metadata(fields, metadata, dicom_header, None, "--metadata") if fields else ({}, {})
+    if input_noise_std is None:
+        input_noise_std = values.get("noise_level")
     sigma = estimate_noise_std(units.numpy()) if input_noise_std is None else input_noise_std
+    if sources.get("noise_level") == "missing":  # a noise std passed as input_noise_std counts as given
+        values["noise_level"] = sigma
+        sources["noise_level"] = "estimated" if input_noise_std is None else "given"
+    vector = torch.from_numpy(encode_metadata(fields, values)).to(device) if fields else None
     limit = module.objective.max_train_timestep
     if t_start is None:
         t_start = module.schedule.timestep_for_noise_std(sigma * (2**0.5 if samples > 1 else 1.0))
@@ -116,7 +140,7 @@ def denoise_volume(
     elif limit is not None and t_start > limit:
         raise ValueError(f"--t-start: {t_start} lies beyond the timesteps this model was trained on (<= {limit})")
     generator = torch.Generator(device=device).manual_seed(seed)
-    denoiser = WarmStartDenoiser(module, steps, eta, t_start, sigma, generator)
+    denoiser = WarmStartDenoiser(module, steps, eta, t_start, sigma, generator, vector)
     draws = [_run_model(module, denoiser, units, batch_size, progress, f"sample {k + 1}/{samples}")
              for k in range(samples)]
     stack = torch.stack(draws)
@@ -125,7 +149,12 @@ def denoise_volume(
     if samples > 1:
         unit_in_scan = float(normalization.inverse(np.float32(1.0)) - normalization.inverse(np.float32(0.0)))
         std = (stack.std(0).numpy() * abs(unit_in_scan)).astype(np.float32)
-    return DenoiseResult(mean, std, t_start, sigma)
+    return DenoiseResult(mean, std, t_start, sigma, values, sources)
+
+
+def model_metadata_fields(module: DiffusionModule) -> tuple[str, ...]:
+    """The metadata fields the model was trained with (``data.metadata``), empty for none."""
+    return tuple(module.config.data.get("metadata") or ())
 
 
 def _run_model(module: DiffusionModule, denoiser: WarmStartDenoiser, units: torch.Tensor, batch_size: int,
@@ -138,7 +167,7 @@ def _run_model(module: DiffusionModule, denoiser: WarmStartDenoiser, units: torc
         return inferer(units[None, None].to(module.device), denoiser)[0, 0].cpu()
     context = int(data.get("context_slices", 1)) if data.get("mode") == "2.5d" else 0
     cond = neighbour_stack(units, context)
-    multiple = 2 ** (len(module.config.network.get("channel_mult", [1, 2, 4])) - 1)
+    multiple = getattr(module.backbone, "size_multiple", 1)  # U-Net: 2^(levels - 1); DiT: its patch size
     outputs = []
     for start in tqdm(range(0, len(cond), batch_size), desc=description, unit="batch", disable=not progress):
         batch, (height, width) = _pad_to_multiple(cond[start : start + batch_size].to(module.device), multiple)
@@ -148,11 +177,14 @@ def _run_model(module: DiffusionModule, denoiser: WarmStartDenoiser, units: torc
 
 def denoise_scan(module: DiffusionModule, scan: Scan, **options: Any) -> DenoiseResult:
     """``denoise_volume`` on a loaded scan, at the voxel size the model was trained at
-    (``data.spacing_mm``, if set: resampled there and the result resampled back onto the scan's grid)."""
+    (``data.spacing_mm``, if set: resampled there and the result resampled back onto the scan's grid).
+    A DICOM scan's tags feed the model's metadata vector (``options["metadata"]`` takes precedence)."""
+    if scan.dicom_reference is not None:
+        options.setdefault("dicom_header", scan.dicom_reference.header)
     spacing = module.config.data.get("spacing_mm")
     if spacing is None:
         return denoise_volume(module, scan.array, **options)
     working = resample_to(scan, spacing)
     result = denoise_volume(module, working.array, **options)
     std = None if result.std is None else resample_like(result.std, working.affine, scan)
-    return DenoiseResult(resample_like(result.mean, working.affine, scan), std, result.t_start, result.input_noise_std)
+    return dataclasses.replace(result, mean=resample_like(result.mean, working.affine, scan), std=std)

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cdm4mi.atomic import atomic_output
 from cdm4mi.config import Config
+from cdm4mi.data.metadata import metadata_vector_dim
 from cdm4mi.training.datamodule import DiffusionDataModule
 from cdm4mi.training.ema import WarmupEMA
 from cdm4mi.training.module import DiffusionModule
@@ -88,6 +89,18 @@ def build_trainer(config: Config) -> L.Trainer:
     )
 
 
+def check_vector_dim(config: Config) -> None:
+    """The network takes the metadata vector the data give: ``network.vector_dim`` must be
+    ``2 * len(data.metadata)`` (0 without metadata), checked before any data are loaded."""
+    fields = config.data.get("metadata")
+    expected = 0 if fields is None else metadata_vector_dim(fields)
+    vector_dim = config.network.get("vector_dim", 0)
+    if vector_dim != expected:
+        given = f"data.metadata {list(fields)} gives {expected} numbers (2 per field)" if fields else \
+            "data.metadata is not set (the data give no vector)"
+        raise ValueError(f"network.vector_dim: is {vector_dim} but {given}; set network.vector_dim={expected}")
+
+
 def fit(config: Config, resume: bool = False) -> tuple[DiffusionModule, L.Trainer]:
     """Train as configured; with ``resume`` continue from ``<output_dir>/checkpoints/last.ckpt``."""
     L.seed_everything(config.training.seed, workers=True, verbose=False)
@@ -97,6 +110,7 @@ def fit(config: Config, resume: bool = False) -> tuple[DiffusionModule, L.Traine
         raise ValueError(f"--resume: no checkpoint to resume from at {last}")
     if not resume and last.exists():
         raise ValueError(f"output_dir: {output_dir} already holds a run; pass --resume or choose another output_dir")
+    check_vector_dim(config)
     datamodule = DiffusionDataModule(config.data, config.training.batch_size, config.training.num_workers)
     datamodule.setup("fit")
     module = DiffusionModule(config.model_dump(mode="json"))
