@@ -213,6 +213,25 @@ def test_paired_items_carry_the_patients_vector_in_every_mode(cohort):
     np.testing.assert_allclose(batch["cond"]["vector"], [expected["P2"]] * 3, rtol=1e-5, atol=1e-6)
 
 
+def test_metadata_dropout_marks_whole_fields_missing_in_training_only(cohort):
+    manifest, _ = cohort
+    train = build_dataset("paired_scans", "train", manifest=manifest, metadata=FIELDS_NIFTI, metadata_dropout=0.5)
+    full = train.volume("P1")["vector"].reshape(-1, 2)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        pairs = next(item for item in (train[k] for k in range(len(train))) if item["patient_id"] == "P1")
+        pairs = pairs["cond"]["vector"].reshape(-1, 2).numpy()
+        for field, (pair, original) in enumerate(zip(pairs, full)):
+            assert np.allclose(pair, original) or np.array_equal(pair, [0, 0])  # kept or missing, never half
+            seen.add((field, bool(np.allclose(pair, original))))
+    assert len(seen) == 2 * len(FIELDS_NIFTI)  # every field both kept and dropped at p = 0.5
+    val = build_dataset("paired_scans", "val", manifest=manifest, metadata=FIELDS_NIFTI, metadata_dropout=1.0)
+    np.testing.assert_array_equal(val[0]["cond"]["vector"], val.volume("P2")["vector"])
+    with pytest.raises(ValueError, match=r"data.metadata_dropout: must lie in \[0, 1\], got 2"):
+        build_dataset("paired_scans", "train", manifest=manifest, metadata=FIELDS_NIFTI, metadata_dropout=2)
+
+
 def test_paired_metadata_errors_name_the_option_or_patient(cohort):
     manifest, _ = cohort
     with pytest.raises(ValueError, match=r"data.metadata: unknown field 'dose'; allowed: \['dose_fraction'"):

@@ -68,6 +68,7 @@ def paired_scans(
     seed: int = 0,
     spacing_mm: list[float] | None = None,
     metadata: list[str] | None = None,
+    metadata_dropout: float = 0.0,
 ) -> PairedScans:
     """The patients of ``split`` in ``manifest`` (see ``cdm4mi.data.manifest``) as denoising pairs.
 
@@ -88,6 +89,8 @@ def paired_scans(
             ``cdm4mi denoise`` then resamples its input the same way and its output back.
         metadata: fields of ``cdm4mi.data.metadata`` to encode into ``cond["vector"]`` (module docstring);
             ``cdm4mi denoise`` builds the same vector for its input.
+        metadata_dropout: while training, each field of each item is marked missing (encoded ``(0, 0)``)
+            with this probability, so the model also learns to denoise scans whose dose or tags are unknown.
     """
     if context_slices < 1:
         raise ValueError(f"data.context_slices: must be >= 1, got {context_slices}")
@@ -99,9 +102,11 @@ def paired_scans(
                          f"({'[d, h, w]' if dims == 3 else '[h, w]'} voxels), got {patch_size}")
     if spacing_mm is not None and (len(spacing_mm) != 3 or min(spacing_mm) <= 0):
         raise ValueError(f"data.spacing_mm: need 3 positive voxel sizes [d, h, w] in mm, got {spacing_mm}")
+    if not 0.0 <= metadata_dropout <= 1.0:
+        raise ValueError(f"data.metadata_dropout: must lie in [0, 1], got {metadata_dropout}")
     loaded = load_manifest(manifest, root=root)
     return PairedScans(loaded, split, mode, context_slices, patch_size, patches_per_volume,
-                       recipe(normalization, loaded.modality), cache, seed, spacing_mm, metadata)
+                       recipe(normalization, loaded.modality), cache, seed, spacing_mm, metadata, metadata_dropout)
 
 
 def recipe(normalization: Mapping[str, Any] | None, modality: str) -> Normalization:
@@ -172,7 +177,8 @@ class PairedScans(Dataset):
     def __init__(self, manifest: Manifest, split: str, mode: str = "2d", context_slices: int = 1,
                  patch_size: list[int] | None = None, patches_per_volume: int = 16,
                  normalization: Normalization | None = None, cache: str = "memory", seed: int = 0,
-                 spacing_mm: list[float] | None = None, metadata: list[str] | None = None) -> None:
+                 spacing_mm: list[float] | None = None, metadata: list[str] | None = None,
+                 metadata_dropout: float = 0.0) -> None:
         if mode not in MODES:
             raise ValueError(f"data.mode: unknown '{mode}'; choose one of {list(MODES)}")
         if cache not in ("memory", "none"):
@@ -187,6 +193,7 @@ class PairedScans(Dataset):
         ``volume_normalization``); inference fits the same on its input and inverts with it."""
         self.metadata = None if metadata is None else check_fields(metadata, "data.metadata")
         """Metadata fields encoded into ``cond["vector"]``, or None: ``cond`` is the image alone."""
+        self.metadata_dropout = metadata_dropout if split == "train" else 0.0
         self.patient_ids = [entry.patient_id for entry in entries]
         records = [{"patient_id": e.patient_id, "input": str(manifest.input_path(e)),
                     "target": str(manifest.target_path(e)), "modality": e.modality, "metadata": dict(e.metadata)}
@@ -224,8 +231,17 @@ class PairedScans(Dataset):
         # Items never share memory with the cached volumes, so changing one cannot change the cache.
         item["x0"], item["cond"] = (item[key].clone(memory_format=torch.contiguous_format) for key in ("x0", "cond"))
         if self.metadata:
-            item["cond"] = {"image": item["cond"], "vector": torch.tensor(volume["vector"], dtype=torch.float32)}
+            item["cond"] = {"image": item["cond"], "vector": self._vector(volume["vector"])}
         return item
+
+    def _vector(self, encoded: np.ndarray) -> torch.Tensor:
+        """The encoded metadata of an item, with fields dropped to missing at ``metadata_dropout`` (train)."""
+        vector = torch.tensor(encoded, dtype=torch.float32)
+        if self.metadata_dropout > 0:
+            # DataLoader workers seed torch's generator each, so draws differ across workers.
+            dropped = torch.rand(len(vector) // 2) < self.metadata_dropout
+            vector = vector.view(-1, 2).masked_fill(dropped[:, None], 0.0).flatten()
+        return vector
 
     def volume(self, patient_id: str) -> dict[str, Any]:
         """One patient's normalized ``input``/``target`` ``[D, H, W]``, ``affine``, fitted normalization and,

@@ -35,7 +35,7 @@ class Attention(nn.Module):
     def __init__(self, channels: int, num_head_channels: int, context_channels: int | None = None):
         super().__init__()
         if channels % num_head_channels:
-            raise ValueError(f"num_head_channels: {num_head_channels} does not divide width {channels}")
+            raise ValueError(f"network.num_head_channels: {num_head_channels} does not divide width {channels}")
         self.num_heads = channels // num_head_channels
         self.to_q = nn.Linear(channels, channels)
         self.to_kv = nn.Linear(context_channels or channels, 2 * channels)
@@ -98,6 +98,12 @@ def _split(grid: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     return grid.reshape(shape).permute(*order).reshape(-1, math.prod(sizes), channels)
 
 
+def windowed_self_attention(attention: Attention, grid: torch.Tensor, window: int | None) -> torch.Tensor:
+    """``attention`` of every position of ``grid`` [B, C, *S] to the positions of its window: [B, C, *S]."""
+    tokens, mask = to_windows(grid, window)
+    return from_windows(attention(tokens, key_mask=mask), tuple(grid.shape[2:]), window)
+
+
 class GridAttention(nn.Module):
     """Residual self-attention within windows of a [B, C, *S] grid, then (optionally) cross-attention of
     every position to conditioning tokens [B, M, context_channels]; GroupNorm before each."""
@@ -112,9 +118,7 @@ class GridAttention(nn.Module):
         self.cross_attention = Attention(channels, num_head_channels, context_channels) if context_channels else None
 
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        spatial = tuple(h.shape[2:])
-        tokens, mask = to_windows(self.norm(h), self.window)
-        h = h + from_windows(self.self_attention(tokens, key_mask=mask), spatial, self.window)
+        h = h + windowed_self_attention(self.self_attention, self.norm(h), self.window)
         if self.cross_attention is None:
             return h
         if context is None:

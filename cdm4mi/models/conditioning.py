@@ -63,11 +63,18 @@ def as_cond_dict(cond: object) -> dict[str, torch.Tensor] | None:
     return {key: value for key, value in cond.items() if value is not None}
 
 
-def grid_position_embedding(grid: tuple[int, ...], dim: int, device: torch.device) -> torch.Tensor:
-    """Sinusoidal features of each grid position's index along every axis: [prod(grid), dim]."""
+def grid_position_embedding(grid: tuple[int, ...], dim: int, device: torch.device,
+                            period: int | None = None) -> torch.Tensor:
+    """Sinusoidal features of each grid position's index along every axis: [prod(grid), dim].
+
+    With ``period``, indices count within consecutive blocks of ``period`` (``index % period``): a model
+    trained on crops of one block sees the same positions at inference on a larger image.
+    """
     per_axis = dim // len(grid)
-    axes = torch.meshgrid(*(torch.arange(n, device=device, dtype=torch.float32) for n in grid), indexing="ij")
-    features = [sinusoidal_embedding(axis.flatten(), per_axis) for axis in axes]
+    axes = torch.meshgrid(*(torch.arange(n, device=device) for n in grid), indexing="ij")
+    if period is not None:
+        axes = [axis % period for axis in axes]
+    features = [sinusoidal_embedding(axis.flatten().float(), per_axis) for axis in axes]
     embedding = torch.cat(features, dim=-1)
     return F.pad(embedding, (0, dim - embedding.shape[-1]))
 
@@ -100,6 +107,14 @@ class ImageTokenizer(nn.Module):
             grid = F.adaptive_avg_pool2d(grid, pooled) if grid.ndim == 4 else F.adaptive_avg_pool3d(grid, pooled)
         tokens = grid.flatten(2).transpose(1, 2)
         return self.norm(tokens) + grid_position_embedding(tuple(grid.shape[2:]), self.token_dim, image.device)
+
+
+def default_cond_channels(conditioning_key: str | None, in_channels: int, out_channels: int) -> int:
+    """Channels of the conditioning image when ``network.cond_channels`` is not set: what stacking adds to
+    the input (``in_channels - out_channels``) for concat/hybrid/adaln, one image channel for crossattn."""
+    if conditioning_key in ("concat", "hybrid", "adaln"):
+        return in_channels - out_channels
+    return int(conditioning_key == "crossattn")
 
 
 class ConditionEncoder(nn.Module):

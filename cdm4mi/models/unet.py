@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cdm4mi.models.attention import GridAttention, zeroed
-from cdm4mi.models.conditioning import CONDITIONING_KEYS, ConditionEncoder
+from cdm4mi.models.conditioning import CONDITIONING_KEYS, ConditionEncoder, default_cond_channels
 from cdm4mi.models.embeddings import TimestepEmbedding
+from cdm4mi.models.inputs import batch_timesteps, check_spatial_shape, stack_condition
 from cdm4mi.models.registry import BACKBONES
 
 
@@ -160,8 +161,7 @@ class ConditionalUNet(nn.Module):
         emb_dim = 4 * base_channels
         self.time_embedding = TimestepEmbedding(base_channels, emb_dim)
         if cond_channels is None:
-            stacked = conditioning_key in ("concat", "hybrid", "adaln")
-            cond_channels = in_channels - out_channels if stacked else int(conditioning_key == "crossattn")
+            cond_channels = default_cond_channels(conditioning_key, in_channels, out_channels)
         self.condition = ConditionEncoder(spatial_dims, conditioning_key, cond_channels, vector_dim, num_classes,
                                           emb_dim, token_dim, cond_patch_size, max_cond_tokens, cond_drop_prob)
         context_channels = token_dim if self.condition.uses_tokens else None
@@ -201,10 +201,10 @@ class ConditionalUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int | float, cond: object = None) -> torch.Tensor:
         """Predict from noisy ``x`` at timesteps ``t`` (integer or fractional; a scalar is shared by the batch)."""
-        self._check_spatial_shape(x)
+        check_spatial_shape(x, self.spatial_dims, self.size_multiple, "2 ** (len(channel_mult) - 1)")
         condition = self.condition(cond, x)
-        h = self._stack(x, condition.image)
-        emb = self.time_embedding(self._timesteps(t, x))
+        h = stack_condition(x, condition.image, self.in_channels)
+        emb = self.time_embedding(batch_timesteps(t, x))
         if condition.embedding is not None:
             emb = emb + condition.embedding
         context = condition.tokens
@@ -224,32 +224,3 @@ class ConditionalUNet(nn.Module):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, h, emb, context, use_reentrant=False)
         return block(h, emb, context)
-
-    def _check_spatial_shape(self, x: torch.Tensor) -> None:
-        """Every level halves the size, so skips only line up when each side divides by ``size_multiple``."""
-        if x.ndim != self.spatial_dims + 2:
-            raise ValueError(f"network.spatial_dims: model is {self.spatial_dims}D, expected x of shape "
-                             f"[B, C, {'D, ' if self.spatial_dims == 3 else ''}H, W], got {tuple(x.shape)}")
-        if any(size % self.size_multiple for size in x.shape[2:]):
-            padded = tuple(-(-size // self.size_multiple) * self.size_multiple for size in x.shape[2:])
-            raise ValueError(f"x: spatial size {tuple(x.shape[2:])} must be divisible by {self.size_multiple} "
-                             f"(2 ** (len(channel_mult) - 1)); pad to {padded} or crop")
-
-    def _stack(self, x: torch.Tensor, image: Optional[torch.Tensor]) -> torch.Tensor:
-        """The network input: ``x`` with the conditioning image (if this mode stacks one) on the channels."""
-        inputs = x if image is None else torch.cat([x, image], dim=1)
-        if inputs.shape[1] != self.in_channels:
-            given = f"x ({x.shape[1]})" + (f" + cond ({image.shape[1]})" if image is not None else "")
-            raise ValueError(f"network.in_channels: is {self.in_channels} but {given} give {inputs.shape[1]} channels")
-        return inputs
-
-    @staticmethod
-    def _timesteps(t: torch.Tensor | int | float, x: torch.Tensor) -> torch.Tensor:
-        """Timesteps as a [B] tensor on ``x``'s device; a scalar is broadcast to the batch."""
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t: expected a scalar or {x.shape[0]} timesteps (one per sample), "
-                             f"got shape {tuple(t.shape)}")
-        return t

@@ -1,0 +1,36 @@
+"""Input checks and preparation every image backbone shares: timesteps, spatial sizes, stacking the condition."""
+
+from __future__ import annotations
+
+import torch
+
+
+def batch_timesteps(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """Timesteps as a [B] tensor on ``x``'s device; a scalar is broadcast to the batch."""
+    t = torch.as_tensor(t, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t: expected a scalar or {x.shape[0]} timesteps (one per sample), got shape {tuple(t.shape)}")
+    return t
+
+
+def check_spatial_shape(x: torch.Tensor, spatial_dims: int, multiple: int, reason: str) -> None:
+    """``x`` is ``[B, C, *spatial]`` of the model's dimensionality, every side divisible by ``multiple``
+    (``reason`` says why, e.g. ``'2 ** (len(channel_mult) - 1)'``)."""
+    if x.ndim != spatial_dims + 2:
+        raise ValueError(f"network.spatial_dims: model is {spatial_dims}D, expected x of shape "
+                         f"[B, C, {'D, ' if spatial_dims == 3 else ''}H, W], got {tuple(x.shape)}")
+    if any(size % multiple for size in x.shape[2:]):
+        padded = tuple(-(-size // multiple) * multiple for size in x.shape[2:])
+        raise ValueError(f"x: spatial size {tuple(x.shape[2:])} must be divisible by {multiple} ({reason}); "
+                         f"pad to {padded} or crop")
+
+
+def stack_condition(x: torch.Tensor, image: torch.Tensor | None, in_channels: int) -> torch.Tensor:
+    """The network input: ``x`` with the conditioning image (if the mode stacks one) on the channels."""
+    inputs = x if image is None else torch.cat([x, image], dim=1)
+    if inputs.shape[1] != in_channels:
+        given = f"x ({x.shape[1]})" + (f" + cond ({image.shape[1]})" if image is not None else "")
+        raise ValueError(f"network.in_channels: is {in_channels} but {given} give {inputs.shape[1]} channels")
+    return inputs
