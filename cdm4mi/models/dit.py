@@ -24,7 +24,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cdm4mi.models.attention import Attention, windowed_self_attention, zeroed
-from cdm4mi.models.conditioning import ConditionEncoder, default_cond_channels, grid_position_embedding
+from cdm4mi.models.conditioning import (
+    ConditionEncoder,
+    default_cond_channels,
+    grid_position_embedding,
+)
 from cdm4mi.models.embeddings import TimestepEmbedding
 from cdm4mi.models.inputs import batch_timesteps, check_spatial_shape, stack_condition
 from cdm4mi.models.registry import BACKBONES

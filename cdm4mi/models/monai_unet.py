@@ -32,7 +32,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from cdm4mi.models.conditioning import CONDITIONING_KEYS, ConditionEncoder, default_cond_channels
+from cdm4mi.models.conditioning import (
+    CONDITIONING_KEYS,
+    ConditionEncoder,
+    default_cond_channels,
+)
 from cdm4mi.models.inputs import batch_timesteps, check_spatial_shape, stack_condition
 from cdm4mi.models.registry import BACKBONES
 
