@@ -1,4 +1,4 @@
-"""Input checks and preparation every image backbone shares: timesteps, spatial sizes, stacking the condition."""
+"""Checks and preparation every image backbone shares: level widths, timesteps, spatial sizes, stacking."""
 
 from __future__ import annotations
 
@@ -34,3 +34,15 @@ def stack_condition(x: torch.Tensor, image: torch.Tensor | None, in_channels: in
         given = f"x ({x.shape[1]})" + (f" + cond ({image.shape[1]})" if image is not None else "")
         raise ValueError(f"network.in_channels: is {in_channels} but {given} give {inputs.shape[1]} channels")
     return inputs
+
+
+def check_level_widths(widths: list[int], attends: list[bool], norm_groups: int, num_head_channels: int,
+                       attention_note: str = "") -> None:
+    """Every level width divides into ``norm_groups`` groups, and attention levels into heads."""
+    for width, attend in zip(widths, attends):
+        if width % norm_groups:
+            raise ValueError(f"network.norm_groups: {norm_groups} does not divide level width {width} "
+                             f"(base_channels * channel_mult)")
+        if attend and width % num_head_channels:
+            raise ValueError(f"network.num_head_channels: {num_head_channels} does not divide attention level "
+                             f"width {width}{attention_note}")

@@ -37,7 +37,12 @@ from cdm4mi.models.conditioning import (
     ConditionEncoder,
     default_cond_channels,
 )
-from cdm4mi.models.inputs import batch_timesteps, check_spatial_shape, stack_condition
+from cdm4mi.models.inputs import (
+    batch_timesteps,
+    check_level_widths,
+    check_spatial_shape,
+    stack_condition,
+)
 from cdm4mi.models.registry import BACKBONES
 
 
@@ -72,14 +77,9 @@ def _validate_options(spatial_dims: int, base_channels: int, channel_mult: list[
     if gradient_checkpointing:
         raise ValueError("network.gradient_checkpointing: MONAI's DiffusionModelUNet has no gradient checkpointing; "
                          "set it false, or name: unet")
-    widths = [base_channels * mult for mult in channel_mult]
-    for width, attend in zip(widths, attention_levels[:-1] + [True]):  # the middle block attends at the deepest
-        if width % norm_groups:
-            raise ValueError(f"network.norm_groups: {norm_groups} does not divide level width {width} "
-                             f"(base_channels * channel_mult)")
-        if attend and width % num_head_channels:
-            raise ValueError(f"network.num_head_channels: {num_head_channels} does not divide attention level "
-                             f"width {width} (monai_unet's middle block attends at the deepest level)")
+    # MONAI's middle block attends at the deepest level whatever attention_levels[-1] says.
+    check_level_widths([base_channels * mult for mult in channel_mult], attention_levels[:-1] + [True], norm_groups,
+                       num_head_channels, " (monai_unet's middle block attends at the deepest level)")
 
 
 @BACKBONES.register("monai_unet")

@@ -20,9 +20,18 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cdm4mi.models.attention import GridAttention, zeroed
-from cdm4mi.models.conditioning import CONDITIONING_KEYS, ConditionEncoder, default_cond_channels
+from cdm4mi.models.conditioning import (
+    CONDITIONING_KEYS,
+    ConditionEncoder,
+    default_cond_channels,
+)
 from cdm4mi.models.embeddings import TimestepEmbedding
-from cdm4mi.models.inputs import batch_timesteps, check_spatial_shape, stack_condition
+from cdm4mi.models.inputs import (
+    batch_timesteps,
+    check_level_widths,
+    check_spatial_shape,
+    stack_condition,
+)
 from cdm4mi.models.registry import BACKBONES
 
 
@@ -116,14 +125,8 @@ def _validate_options(spatial_dims: int, base_channels: int, channel_mult: list[
     if attention_window is not None and attention_window < 1:
         raise ValueError(f"network.attention_window: must be >= 1 token per axis (or null: global), "
                          f"got {attention_window}")
-    for mult, attend in zip(channel_mult, attention_levels):
-        channels = base_channels * mult
-        if channels % norm_groups:
-            raise ValueError(f"network.norm_groups: {norm_groups} does not divide level width {channels} "
-                             f"(base_channels * channel_mult)")
-        if attend and channels % num_head_channels:
-            raise ValueError(f"network.num_head_channels: {num_head_channels} does not divide attention level "
-                             f"width {channels}")
+    check_level_widths([base_channels * mult for mult in channel_mult], attention_levels, norm_groups,
+                       num_head_channels)
 
 
 @BACKBONES.register("unet")
