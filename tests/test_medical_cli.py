@@ -263,11 +263,10 @@ def test_mri_config_trains_and_denoises_nifti(tmp_path, capsys):
     low = cohort / entry["input"]
     cli(capsys, "denoise", "--checkpoint", checkpoint, "--input", low, "--output", tmp_path / "denoised.nii.gz")
     written, given = nib.load(tmp_path / "denoised.nii.gz"), nib.load(low)
-    # Same voxels in the same places: identical once both are put in the closest canonical orientation.
-    canonical_written, canonical_given = nib.as_closest_canonical(written), nib.as_closest_canonical(given)
-    np.testing.assert_allclose(canonical_written.affine, canonical_given.affine, atol=1e-5)
-    assert canonical_written.shape == canonical_given.shape
-    np.testing.assert_allclose(written.affine, load_scan(low).affine, atol=1e-5)
+    # Written in the input's own (RAS) voxel order and affine, not cdm4mi's canonical SPL layout.
+    assert written.shape == given.shape
+    np.testing.assert_allclose(written.affine, given.affine, atol=1e-5)
+    canonical_written = nib.as_closest_canonical(written)
     # Scanner units (the percentile scaling undone), following the clean image.
     denoised = np.asarray(canonical_written.dataobj, dtype=np.float32)
     clean = np.asarray(nib.as_closest_canonical(nib.load(cohort / entry["target"])).dataobj, dtype=np.float32)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pydicom.datadict
@@ -81,6 +82,9 @@ class Scan:
     """One of ``SOURCES``."""
     dicom_reference: DicomReference | None = field(default=None, repr=False)
     """Set for DICOM inputs; None for NIfTI."""
+    source_axcodes: str | None = None
+    """NIfTI inputs: the file's own voxel axis codes (e.g. 'RAS'), so outputs can be written in the input's
+    voxel order (``cdm4mi.data.writers.write_volume``); None for DICOM."""
 
 
 class _Slice(NamedTuple):
@@ -199,9 +203,10 @@ def _load_nifti(path: Path, modality: str | None) -> Scan:
     if array.ndim != 3:
         raise ValueError(f"{path}: {array.ndim}D image of shape {tuple(array.shape)} where a 3D volume is expected; "
                          "split it into 3D volumes first")
+    source_axcodes = "".join(nib.aff2axcodes(image.affine.numpy()))
     array, affine = reorient(array, image.affine.numpy(), CANONICAL_AXCODES)
     _check_finite(path, array)
-    return Scan(array, affine, _spacing(affine), modality or "OT", "nifti", None)
+    return Scan(array, affine, _spacing(affine), modality or "OT", "nifti", None, source_axcodes)
 
 
 def _read_header(path: Path) -> Dataset:

@@ -272,8 +272,16 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 def write_volume(array: np.ndarray | torch.Tensor, reference: Scan, path: str | Path, description: str,
                  overwrite: bool = False, tags: Mapping[str, Any] | None = None) -> Path:
     """Write ``array`` (in ``reference.array``'s orientation) as NIfTI when ``path`` ends in .nii/.nii.gz,
-    otherwise as a DERIVED DICOM series in the folder ``path``."""
+    otherwise as a DERIVED DICOM series in the folder ``path``.
+
+    A NIfTI written for a NIfTI input has the input's voxel order and affine (the same grid, voxel for voxel,
+    so tools and numpy can compare them directly); for a DICOM input the canonical ``[D, H, W]`` layout.
+    """
     path = Path(path)
     if path.name.endswith(NIFTI_SUFFIXES):
-        return write_nifti(array, reference.affine, path, overwrite=overwrite)
+        affine = reference.affine
+        if reference.source_axcodes is not None:
+            values = array.numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+            array, affine = reorient(values, reference.affine, reference.source_axcodes)
+        return write_nifti(array, affine, path, overwrite=overwrite)
     return write_dicom_series(array, reference, path, series_description=description, overwrite=overwrite, tags=tags)
