@@ -14,12 +14,17 @@ from cdm4mi.diffusion.objective import (
     q_sample,
     split_prediction,
 )
+from cdm4mi.diffusion.ode import ODE_METHODS, ode_encode, ode_sample
+from cdm4mi.diffusion.pc import pc_sample
 from cdm4mi.diffusion.sampling import warm_start
 from cdm4mi.diffusion.schedule import SCHEDULES, NoiseSchedule, make_betas
+from cdm4mi.diffusion.sde import SDE_KINDS, VESDE, VPSDE, DiscreteVPSDE, ScoreMatchingObjective, sde_from_config
 from cdm4mi.diffusion.timesteps import SPACINGS, sampling_timesteps
 
 __all__ = [
-    "LOSS_TYPES", "PARAMETERIZATIONS", "SCHEDULES", "SPACINGS", "DiffusionObjective", "NoiseSchedule",
-    "classifier_free_guidance", "ddim_invert", "ddim_sample", "ddim_step", "ddpm_sample", "ddpm_step", "make_betas", "prediction_target",
-    "q_sample", "sampling_timesteps", "split_prediction", "warm_start",
+    "LOSS_TYPES", "ODE_METHODS", "PARAMETERIZATIONS", "SCHEDULES", "SDE_KINDS", "SPACINGS", "VESDE", "VPSDE",
+    "DiffusionObjective", "DiscreteVPSDE", "NoiseSchedule", "ScoreMatchingObjective", "classifier_free_guidance",
+    "ddim_invert", "ddim_sample", "ddim_step", "ddpm_sample", "ddpm_step", "make_betas", "ode_encode", "ode_sample",
+    "pc_sample", "prediction_target", "q_sample", "sampling_timesteps", "sde_from_config", "split_prediction",
+    "warm_start",
 ]

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from cdm4mi.diffusion.sampling import Denoiser, alpha_bar_like, noise_like, predict_x0_eps, step_pairs
+from cdm4mi.diffusion.sampling import (
+    Denoiser,
+    StepCallback,
+    alpha_bar_like,
+    noise_like,
+    predict_x0_eps,
+    step_pairs,
+)
 from cdm4mi.diffusion.schedule import NoiseSchedule
 from cdm4mi.diffusion.timesteps import sampling_timesteps
 
@@ -49,19 +56,23 @@ def ddim_sample(
     clip_x0: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run DDIM from ``x`` (prior noise, or the warm-start state at ``t_start``) to a clean sample.
 
     ``model(x_t, t, cond)`` returns the ``parameterization`` prediction for a batch; noise for
-    ``eta > 0`` comes from ``generator``. Returns the final x0 estimate, shaped like ``x``.
+    ``eta > 0`` comes from ``generator``; ``callback`` sees every step. Returns the final x0 estimate,
+    shaped like ``x``.
     """
     if eta < 0:
         raise ValueError(f"sampling.eta: must be >= 0, got {eta}")
     timesteps = sampling_timesteps(schedule.timesteps, num_steps, timestep_spacing, t_start)
-    for t, t_prev in step_pairs(timesteps, progress, "DDIM"):
+    for step, (t, t_prev) in enumerate(step_pairs(timesteps, progress, "DDIM")):
         x0, eps = predict_x0_eps(model, x, t, cond, schedule, parameterization, clip_x0)
         noise = noise_like(x, generator) if eta > 0 else None
         x = ddim_step(x0, eps, t, t_prev, schedule, eta, noise)
+        if callback is not None:
+            callback(step, t, x, x0)
     return x
 
 

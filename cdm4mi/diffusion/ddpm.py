@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from cdm4mi.diffusion.sampling import Denoiser, alpha_bar_like, noise_like, predict_x0_eps, step_pairs
+from cdm4mi.diffusion.sampling import (
+    Denoiser,
+    StepCallback,
+    alpha_bar_like,
+    noise_like,
+    predict_x0_eps,
+    step_pairs,
+)
 from cdm4mi.diffusion.schedule import NoiseSchedule
 from cdm4mi.diffusion.timesteps import sampling_timesteps
 
@@ -53,6 +60,7 @@ def ddpm_sample(
     variance: str = "fixed_small",
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling from ``x`` (prior noise or the warm-start state at ``t_start``).
 
@@ -62,8 +70,10 @@ def ddpm_sample(
         raise ValueError(f"sampling.variance: unknown '{variance}'; choose one of {list(VARIANCES)}")
     span = schedule.timesteps if t_start is None else t_start + 1
     timesteps = sampling_timesteps(schedule.timesteps, num_steps or span, timestep_spacing, t_start)
-    for t, t_prev in step_pairs(timesteps, progress, "DDPM"):
+    for step, (t, t_prev) in enumerate(step_pairs(timesteps, progress, "DDPM")):
         x0, _ = predict_x0_eps(model, x, t, cond, schedule, parameterization, clip_x0)
         noise = noise_like(x, generator) if t_prev >= 0 else None
         x = ddpm_step(x0, x, t, t_prev, schedule, noise, variance)
+        if callback is not None:
+            callback(step, t, x, x0)
     return x

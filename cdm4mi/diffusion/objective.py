@@ -54,12 +54,22 @@ def split_prediction(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a network output into the pair (x0 estimate, eps estimate)."""
     signal, sigma = _coefficients(schedule, t, x_t)
+    return split_with_coefficients(parameterization, model_output, x_t, signal, sigma)
+
+
+def split_with_coefficients(
+    parameterization: str, output: torch.Tensor, x_t: torch.Tensor, signal: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) from a network output for ``x_t = signal * x0 + sigma * eps``.
+
+    ``signal`` and ``sigma`` broadcast against ``x_t``; the v formulas need ``signal^2 + sigma^2 = 1``.
+    """
     if parameterization == "eps":
-        return (x_t - sigma * model_output) / signal, model_output
+        return (x_t - sigma * output) / signal, output
     if parameterization == "x0":
-        return model_output, (x_t - signal * model_output) / sigma
+        return output, (x_t - signal * output) / sigma
     if parameterization == "v":
-        return signal * x_t - sigma * model_output, sigma * x_t + signal * model_output
+        return signal * x_t - sigma * output, sigma * x_t + signal * output
     raise ValueError(f"diffusion.parameterization: unknown '{parameterization}'; choose one of {list(PARAMETERIZATIONS)}")
 
 
@@ -67,6 +77,15 @@ def eps_from_x0(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t:
     """The eps consistent with ``x_t`` and a (possibly clipped) x0 estimate."""
     signal, sigma = _coefficients(schedule, t, x_t)
     return (x_t - signal * x0) / sigma
+
+
+def elementwise_loss(loss_type: str, output: torch.Tensor, target: torch.Tensor, huber_delta: float = 1.0) -> torch.Tensor:
+    """Unreduced ``l1`` / ``l2`` / ``huber`` loss between a network output and its target."""
+    if loss_type == "l1":
+        return (output - target).abs()
+    if loss_type == "l2":
+        return (output - target) ** 2
+    return F.huber_loss(output, target, reduction="none", delta=huber_delta)
 
 
 @dataclass(frozen=True)
@@ -114,11 +133,7 @@ class DiffusionObjective:
         return (per_sample * self.weights(t).to(per_sample)).mean()
 
     def elementwise_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.loss_type == "l1":
-            return (output - target).abs()
-        if self.loss_type == "l2":
-            return (output - target) ** 2
-        return F.huber_loss(output, target, reduction="none", delta=self.huber_delta)
+        return elementwise_loss(self.loss_type, output, target, self.huber_delta)
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weights [B] (all ones without Min-SNR-gamma)."""

@@ -12,6 +12,9 @@ from cdm4mi.diffusion.schedule import NoiseSchedule, broadcast_to
 from cdm4mi.diffusion.timesteps import previous_timesteps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+# ``callback(step, t, x, x0)`` after each sampler step: the step's index, its time (a timestep index,
+# or SDE time in [0, 1]), the new state and the current x0 estimate (for figures of the process).
+StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
 
 def predict_x0_eps(
@@ -57,7 +60,7 @@ def warm_start(
 
 def step_pairs(timesteps: torch.Tensor, progress: bool, description: str) -> Iterator[tuple[int, int]]:
     """(t, t_prev) pairs along the list, with a progress bar when asked."""
-    pairs = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))
+    pairs = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist(), strict=True))
     return iter(tqdm(pairs, desc=description, disable=not progress, leave=False))
 
 
