@@ -133,6 +133,21 @@ def test_output_is_zero_at_init_and_moves_after_one_step(mode):
     assert model(x, t, cond).abs().mean() > 1e-4
 
 
+def test_self_attention_and_its_gate_both_learn():
+    """AdaLN-Zero zeroes the gate; the attention's output projection must not start at zero as well,
+    or neither ever gets a gradient and the transformer trains as an MLP (caught in issue 5)."""
+    model = build("unconditional")
+    x, t, cond = inputs("unconditional")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(5):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x, t, cond), torch.ones(2, 1, 16, 16)).backward()
+        optimizer.step()
+    block = model.blocks[0]
+    gate_attn = block.modulation[1].weight.chunk(6)[2]
+    assert gate_attn.abs().max() > 1e-4 and block.attention.out.weight.abs().min() > 0
+
+
 @pytest.mark.parametrize("dims", list(SPATIAL))
 def test_tokens_know_their_grid_position(dims):
     # A constant input gives identical patches; only the position features can tell them apart.
@@ -238,7 +253,7 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients(monkeypatch)
         outputs.append(out)
         gradients.append([p.grad for p in model.parameters()])
     torch.testing.assert_close(outputs[0], outputs[1])
-    for plain_grad, checkpointed_grad in zip(*gradients):
+    for plain_grad, checkpointed_grad in zip(*gradients, strict=True):
         torch.testing.assert_close(plain_grad, checkpointed_grad)
     assert len(calls) == len(checkpointed.blocks) == 2
     calls.clear()

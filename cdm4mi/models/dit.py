@@ -83,6 +83,9 @@ class DiTBlock(nn.Module):
         self.window = window
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attention = Attention(hidden_size, num_head_channels)
+        # The AdaLN gate already starts this branch at zero; a zero output projection as well would leave
+        # both without gradient (the gate's is the projection's output, the projection's is the gate).
+        self.attention.out.reset_parameters()
         self.cross_norm = nn.LayerNorm(hidden_size, eps=1e-6) if context_channels else None
         self.cross_attention = (Attention(hidden_size, num_head_channels, context_channels)
                                 if context_channels else None)
