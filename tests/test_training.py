@@ -113,7 +113,7 @@ def test_bad_config_gets_one_line_naming_the_key(tmp_path, capsys):
         "diffusion.beta_schedule=quadratic": "config key 'diffusion.beta_schedule': Input should be",
         "network.hidden_dimm=3": "network.hidden_dimm: unknown option for 'simple_score'",
         "network.hidden_dim=wide": "network.hidden_dim: Input should be a valid integer",
-        "data.name=mnist": "data.name: unknown 'mnist'",
+        "data.name=imagenet": "data.name: unknown 'imagenet'",
         "data.std=-1": "data.weights and data.std must be positive",
         "no_equals_sign": "expected key=value",
     }

@@ -28,4 +28,4 @@ def validate_dataset_options(name: str, **options: Any) -> None:
 
 
 def _register_builtins() -> None:
-    from cdm4mi.data import paired, toy  # noqa: F401  (registers on import)
+    from cdm4mi.data import expression, images, paired, toy  # noqa: F401  (registers on import)

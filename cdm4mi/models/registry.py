@@ -18,7 +18,7 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     return BACKBONES.build(name, **kwargs)
 
 
-BUILTIN_MODULES = ("dit", "mlp", "monai_unet", "toy", "unet")
+BUILTIN_MODULES = ("bio", "dit", "mlp", "monai_unet", "toy", "unet")
 
 
 def _register_builtins() -> None:
