@@ -19,6 +19,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SDEConfig(_Section):
+    """The continuous-time view (Song et al. 2021): train with denoising score matching on this SDE."""
+
+    kind: Literal["vp", "ve"]
+    beta_min: float = pydantic.Field(0.1, gt=0)  # VP: beta(t) = beta_min + t (beta_max - beta_min)
+    beta_max: float = pydantic.Field(20.0, gt=0)
+    sigma_min: float = pydantic.Field(0.01, gt=0)  # VE: sigma(t) = sigma_min (sigma_max / sigma_min)^t
+    sigma_max: float = pydantic.Field(50.0, gt=0)
+    t_min: float | None = pydantic.Field(None, gt=0, lt=1)  # smallest time trained and sampled (default per kind)
+
+
 class DiffusionConfig(_Section):
     timesteps: int = pydantic.Field(1000, ge=1)
     beta_schedule: Literal["linear", "scaled_linear", "cosine", "sqrt", "custom"] = "linear"
@@ -30,10 +41,14 @@ class DiffusionConfig(_Section):
     huber_delta: float = pydantic.Field(1.0, gt=0)
     min_snr_gamma: float | None = pydantic.Field(None, gt=0)
     max_train_timestep: int | None = pydantic.Field(None, ge=0)
+    # None: the discrete DDPM objective over ``timesteps``; set: continuous-time score matching on an SDE.
+    sde: SDEConfig | None = None
 
 
 class SamplingConfig(_Section):
-    sampler: Literal["ddim", "ddpm"] = "ddim"
+    # ddim / ddpm need a discrete schedule; pc (predictor-corrector) and ode (probability flow) run on
+    # either: on a DDPM-trained model through the VP SDE its schedule implies.
+    sampler: Literal["ddim", "ddpm", "pc", "ode"] = "ddim"
     steps: int = pydantic.Field(50, ge=1)
     eta: float = pydantic.Field(0.0, ge=0)
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "trailing"
@@ -41,6 +56,10 @@ class SamplingConfig(_Section):
     variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
     # Classifier-free guidance weight: 1 = the conditional model; needs network.cond_drop_prob > 0.
     guidance_scale: float = pydantic.Field(1.0, ge=0)
+    # Predictor-corrector: Langevin corrector steps per predictor step and their signal-to-noise ratio.
+    snr: float = pydantic.Field(0.16, gt=0)
+    n_corrector: int = pydantic.Field(1, ge=0)
+    ode_method: Literal["euler", "heun", "rk45"] = "heun"
 
 
 class TrainingConfig(_Section):
@@ -137,7 +156,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (or start empty), apply overrides, validate.
 
     A config may start from another: ``base: ldct_2d_concat.yaml`` (a path relative to the config's own
-    folder) loads that file first and merges this one over it, section by section.
+    folder) loads that file first and merges this one over it, section by section; a ``network`` or
+    ``data`` section naming a different component replaces the base's section instead.
     """
     raw = read_config_file(Path(path)) if path is not None else {}
     return validate(merge(raw, parse_overrides(list(overrides))))
@@ -162,4 +182,9 @@ def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
     base_path = (path.parent / base).resolve()
     if base_path in chain or base_path == path.resolve():
         raise ValueError(f"{path}: base: {base} leads back to itself")
-    return merge(read_config_file(base_path, (*chain, path.resolve())), raw)
+    inherited = read_config_file(base_path, (*chain, path.resolve()))
+    for section in ("network", "data"):  # another component: its options replace the base's, not merge
+        own, theirs = raw.get(section), inherited.get(section)
+        if isinstance(own, dict) and isinstance(theirs, dict) and own.get("name", theirs.get("name")) != theirs.get("name"):
+            inherited.pop(section)
+    return merge(inherited, raw)

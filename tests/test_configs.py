@@ -65,3 +65,19 @@ def test_bad_base_is_named(tmp_path, text, message):
     (tmp_path / "child.yaml").write_text(text)
     with pytest.raises(ValueError, match=message):
         load_config(tmp_path / "child.yaml")
+
+
+def test_a_base_naming_another_component_is_replaced_not_merged():
+    cifar_dit = load_config(Path(CONFIGS[0]).parent / "cifar10_dit.yaml")
+    assert cifar_dit.network["name"] == "dit" and "base_channels" not in cifar_dit.network
+    assert cifar_dit.data == {"name": "cifar10", "root": "data/cifar-10-batches-py", "class_conditional": True}
+
+
+@pytest.mark.parametrize("name", ["toy_moons", "toy_swiss_roll", "pbmc_residual_mlp"])
+def test_vector_configs_build(name):
+    config = load_config(Path(CONFIGS[0]).parent / f"{name}.yaml")
+    network = dict(config.network)
+    model = build_backbone(network.pop("name"), **network).eval()
+    x = torch.randn(3, network["dim"])
+    cond = {"label": torch.tensor([0, 1, 2])} if network.get("num_classes") else None
+    assert model(x, torch.tensor([1.0, 500.0, 999.0]), cond).shape == x.shape

@@ -1,4 +1,9 @@
-"""``cdm4mi sample --checkpoint C --out FILE``: draw samples from an unconditional model."""
+"""``cdm4mi sample --checkpoint C --out FILE``: draw samples from an unconditional or class-conditional model.
+
+Writes the samples (.npy or .pt; .h5ad for a model of gene expression, in the data's gene space) and
+PNG figures: images get a grid (one row per class when classes are asked for) and a strip of the
+denoising process over time; points and vectors get a scatter of samples over the data.
+"""
 
 from __future__ import annotations
 
@@ -12,58 +17,147 @@ from tqdm.auto import tqdm
 from cdm4mi.atomic import atomic_output, check_writable
 from cdm4mi.data.registry import build_dataset
 from cdm4mi.evaluation.figures import save_sample_preview
+from cdm4mi.evaluation.image_figures import pick_frames, save_image_grid, save_process_strip
 from cdm4mi.training.checkpoint import load_module
+from cdm4mi.training.module import DiffusionModule
+
+SUFFIXES = (".npy", ".pt", ".h5ad")
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
-        "sample", parents=[common], help="draw samples from a trained model", description=__doc__
+        "sample", parents=[common], help="draw samples from a trained model", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by cdm4mi train")
-    parser.add_argument("--out", required=True, help="output file: .npy or .pt")
+    parser.add_argument("--out", required=True, help="output file: .npy, .pt, or .h5ad (gene-expression models)")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--sampler", choices=["ddim", "ddpm"], help="default: the checkpoint's config")
+    parser.add_argument("--classes", help="class-conditional models: 'all' or a comma list of class names or "
+                                          "indices; samples are split evenly over them (one grid row each)")
+    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance weight (1 = none)")
+    parser.add_argument("--sampler", choices=["ddim", "ddpm", "pc", "ode"], help="default: the checkpoint's config")
     parser.add_argument("--steps", type=int, help="number of sampling steps")
     parser.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--spacing", choices=["leading", "trailing", "linspace"], help="timestep spacing")
+    parser.add_argument("--snr", type=float, help="predictor-corrector: Langevin corrector signal-to-noise ratio")
+    parser.add_argument("--n-corrector", type=int, help="predictor-corrector: corrector steps per step")
+    parser.add_argument("--ode-method", choices=["euler", "heun", "rk45"], help="probability-flow ODE solver")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--png", help="preview figure (default: next to --out)")
+    parser.add_argument("--png", help="sample figure (default: next to --out)")
+    parser.add_argument("--strip", help="image models: denoising-process strip (default: <out>_process.png)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     out = check_writable(args.out, args.overwrite)
-    if out.suffix not in (".npy", ".pt"):
-        raise ValueError(f"--out: {out} must end in .npy or .pt")
+    if out.suffix not in SUFFIXES:
+        raise ValueError(f"--out: {out} must end in one of {', '.join(SUFFIXES)}")
     png = check_writable(args.png or out.with_suffix(".png"), args.overwrite, option="--png")
     if args.num_samples < 1 or args.batch_size < 1:
         raise ValueError("--num-samples and --batch-size must be >= 1")
     module = load_module(args.checkpoint, map_location=args.device)
+    if out.suffix == ".h5ad" and not (module.data_state or {}).get("genes"):
+        raise ValueError(f"--out: {out.name}: .h5ad needs a model of gene expression; {args.checkpoint} is not one")
     data = dict(module.config.data)
     reference_set = build_dataset(data.pop("name"), "val", **data)
     reference = torch.stack([reference_set[i]["x0"] for i in range(min(len(reference_set), args.num_samples))])
-    if "cond" in reference_set[0]:
-        raise ValueError(f"--checkpoint: {args.checkpoint} is a conditional model; sample it with cdm4mi denoise")
-    overrides = {key: value for key, value in
-                 {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "timestep_spacing": args.spacing}.items()
-                 if value is not None}
+    class_names = resolve_class_names(module, reference_set)
+    labels = sample_labels(args.classes, class_names, args.num_samples, reference_set[0].get("cond"), args.checkpoint)
+    strip = None
+    if reference.ndim >= 4:
+        strip = check_writable(args.strip or out.with_name(f"{out.stem}_process.png"), args.overwrite, option="--strip")
+    overrides = {key: value for key, value in {
+        "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "timestep_spacing": args.spacing,
+        "snr": args.snr, "n_corrector": args.n_corrector, "ode_method": args.ode_method,
+        "guidance_scale": args.guidance_scale}.items() if value is not None}
+    samples, frames = draw(module, reference.shape[1:], labels, args, overrides)
+    write_samples(samples, labels, class_names, module, out, args.overwrite)
+    title = f"{len(samples)} samples, {Path(args.checkpoint).name}"
+    if reference.ndim >= 4 and labels is None:
+        save_image_grid(samples[:64], png, title=title, columns=8)
+    elif reference.ndim >= 4:
+        classes = labels.unique().tolist()
+        per_class = min(8, *(int((labels == c).sum()) for c in classes))  # equal rows, one per class
+        rows = torch.cat([samples[labels == c][:per_class] for c in classes])
+        save_image_grid(rows, png, title=title, columns=per_class, row_labels=[class_names[c] for c in classes])
+    else:
+        save_sample_preview(samples, reference, png, title=title)
+    if strip is not None:
+        save_process_strip(frames, strip, title="denoising process: noise, the state after the step at t, sample")
+    print(f"samples: {out} {tuple(samples.shape)}")
+    print(f"figure:  {png}")
+    if strip is not None:
+        print(f"process: {strip}")
+    return 0
+
+
+def resolve_class_names(module: DiffusionModule, reference_set) -> list[str] | None:
+    names = getattr(reference_set, "class_names", None) or (module.data_state or {}).get("class_names")
+    return [str(name) for name in names] if names else None
+
+
+def sample_labels(classes: str | None, class_names: list[str] | None, count: int, example_cond: object,
+                  checkpoint: str) -> torch.Tensor | None:
+    """Labels [count] for the asked classes, in equal blocks; None for an unconditional draw."""
+    if example_cond is not None and not (isinstance(example_cond, dict) and set(example_cond) == {"label"}):
+        raise ValueError(f"--checkpoint: {checkpoint} is conditioned on images or metadata; use cdm4mi denoise")
+    if classes is None:
+        return None
+    if class_names is None:
+        raise ValueError(f"--classes: {checkpoint} is not a class-conditional model")
+    if classes == "all":
+        chosen = list(range(len(class_names)))
+    else:
+        chosen = []
+        for item in classes.split(","):
+            item = item.strip()
+            if item in class_names:
+                chosen.append(class_names.index(item))
+            elif item.isdigit() and int(item) < len(class_names):
+                chosen.append(int(item))
+            else:
+                raise ValueError(f"--classes: unknown class '{item}'; the model knows {class_names}")
+    return torch.tensor(chosen).repeat_interleave(-(-count // len(chosen)))[:count]
+
+
+def draw(module: DiffusionModule, shape: torch.Size, labels: torch.Tensor | None, args: argparse.Namespace,
+         overrides: dict) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
+    """Samples in batches; the first batch's first rows are recorded along the way for the process strip."""
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    steps = overrides.get("steps", module.config.sampling.steps)
+    recorded = set(pick_frames(steps, count=8))
+    frames: list[tuple[str, torch.Tensor]] = []
+
+    def record(step: int, t: float, x: torch.Tensor, x0: torch.Tensor) -> None:
+        if step in recorded:  # a column shows the state after the step taken at time t
+            time = "sample" if step == steps - 1 else f"t={t:.0f}" if module.sde is None else f"t={t:.2f}"
+            frames.append((time, x[:4].detach().cpu().clamp(-1, 1)))
+
     batches = []
     for start in tqdm(range(0, args.num_samples, args.batch_size), desc="sampling", unit="batch"):
         count = min(args.batch_size, args.num_samples - start)
-        x_T = torch.randn((count, *reference.shape[1:]), generator=generator, device=args.device)
-        batches.append(module.sample(x_T, generator=generator, **overrides).cpu())
-    samples = torch.cat(batches)
-    with atomic_output(out, args.overwrite) as temporary:
+        x_T = module.prior((count, *shape), generator)
+        cond = None if labels is None else {"label": labels[start:start + count].to(args.device)}
+        if start == 0 and len(shape) >= 3:
+            frames.append(("noise", x_T[:4].detach().cpu().clamp(-1, 1)))
+        batches.append(module.sample(x_T, cond, generator=generator, callback=record if start == 0 else None,
+                                     progress=True, **overrides).cpu())
+    return torch.cat(batches), frames
+
+
+def write_samples(samples: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
+                  module: DiffusionModule, out: Path, overwrite: bool) -> None:
+    with atomic_output(out, overwrite) as temporary:
         if out.suffix == ".npy":
             with open(temporary, "wb") as handle:
                 np.save(handle, samples.numpy())
+        elif out.suffix == ".pt":
+            torch.save(samples if labels is None else {"samples": samples, "labels": labels}, temporary)
         else:
-            torch.save(samples, temporary)
-    save_sample_preview(samples, reference, png, title=f"{len(samples)} samples, {Path(args.checkpoint).name}")
-    print(f"samples: {out} {tuple(samples.shape)}")
-    print(f"figure:  {png}")
-    return 0
+            from cdm4mi.data.expression import samples_to_anndata
+
+            names = None if labels is None else [class_names[c] for c in labels.tolist()]
+            samples_to_anndata(samples, module.data_state, labels=names).write_h5ad(temporary)

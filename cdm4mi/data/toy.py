@@ -1,4 +1,5 @@
-"""Synthetic data sets with known ground truth: a 2-D Gaussian mixture and a correlated Gaussian.
+"""Synthetic data sets: a 2-D Gaussian mixture and a correlated Gaussian (known ground truth), and the
+two classic 2-D manifolds, moons and the swiss roll (scikit-learn's generators, rescaled).
 
 Each split draws from its own seed (``seed`` for train, ``seed + 1`` for val, ``seed + 2`` for test),
 so validation never repeats training points.
@@ -7,6 +8,7 @@ so validation never repeats training points.
 from __future__ import annotations
 
 import torch
+from sklearn import datasets as sklearn_datasets
 from torch.utils.data import Dataset
 
 from cdm4mi.data.registry import DATASETS
@@ -50,7 +52,7 @@ def gaussian_mixture(
         raise ValueError("data.weights and data.std must be positive")
     weights_t = weights_t / weights_t.sum()
     generator = _generator(seed, split)
-    count = num_samples if split == "train" else max(num_samples // 10, 256)
+    count = _split_count(num_samples, split)
     modes = torch.multinomial(weights_t, count, replacement=True, generator=generator)
     points = means_t[modes] + std * torch.randn(count, means_t.shape[1], generator=generator, dtype=torch.float64)
     return TensorPoints(points, {"means": means_t, "weights": weights_t, "std": torch.tensor(std)})
@@ -67,6 +69,33 @@ def correlated_gaussian(split: str, dim: int = 8, num_samples: int = 20_000, see
     factors = torch.randn(dim, dim // 2 + 1, generator=structure, dtype=torch.float64)
     cov = factors @ factors.T / factors.shape[1] + 0.1 * torch.eye(dim, dtype=torch.float64)
     generator = _generator(seed, split)
-    count = num_samples if split == "train" else max(num_samples // 10, 256)
+    count = _split_count(num_samples, split)
     points = mean + torch.randn(count, dim, generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
     return TensorPoints(points, {"mean": mean, "cov": cov})
+
+
+def _split_count(num_samples: int, split: str) -> int:
+    return num_samples if split == "train" else max(num_samples // 10, 256)
+
+
+@DATASETS.register("moons")
+def moons(split: str, noise: float = 0.05, num_samples: int = 20_000, seed: int = 0) -> TensorPoints:
+    """Two interleaving half circles (``sklearn.datasets.make_moons``), centred and doubled: about
+    [-3, 3] x [-1.5, 1.5] (std ~1.7 and ~1.0); ``noise`` is the Gaussian jitter in the original units (radius 1)."""
+    if noise < 0:
+        raise ValueError(f"data.noise: must be >= 0, got {noise}")
+    points, _ = sklearn_datasets.make_moons(_split_count(num_samples, split), noise=noise,
+                                            random_state=seed + _SPLIT_OFFSET[split])
+    points = (points - [0.5, 0.25]) * 2.0
+    return TensorPoints(torch.from_numpy(points), {"noise": torch.tensor(noise)})
+
+
+@DATASETS.register("swiss_roll")
+def swiss_roll(split: str, noise: float = 0.2, num_samples: int = 20_000, seed: int = 0) -> TensorPoints:
+    """The 2-D swiss roll: the (x, z) coordinates of ``sklearn.datasets.make_swiss_roll`` divided by 5
+    (a spiral out to radius ~2.9, std ~1.3 per axis); ``noise`` is the jitter before scaling."""
+    if noise < 0:
+        raise ValueError(f"data.noise: must be >= 0, got {noise}")
+    points, _ = sklearn_datasets.make_swiss_roll(_split_count(num_samples, split), noise=noise,
+                                                 random_state=seed + _SPLIT_OFFSET[split])
+    return TensorPoints(torch.from_numpy(points[:, [0, 2]] / 5.0), {"noise": torch.tensor(noise)})

@@ -23,9 +23,10 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"--checkpoint: {path} is not a loadable cdm4mi checkpoint ({first_line})") from None
-    config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
+    hyper_parameters = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    config = hyper_parameters.get("config")
     if config is None or "state_dict" not in checkpoint:
         raise ValueError(f"--checkpoint: {path} holds no cdm4mi config and weights")
-    module = DiffusionModule(config)
+    module = DiffusionModule(config, hyper_parameters.get("data_state"))
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()

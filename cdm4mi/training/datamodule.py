@@ -25,6 +25,12 @@ class DiffusionDataModule(L.LightningDataModule):
         self.train_set = build_dataset(self.name, "train", **self.options)
         self.val_set = build_dataset(self.name, "val", **self.options)
 
+    def data_state(self) -> dict[str, Any] | None:
+        """What the training set fitted (e.g. genes and scaling of an expression matrix), if anything;
+        stored with the model so its samples map back to the data's units."""
+        state = getattr(self.train_set, "preprocessing_state", None)
+        return state() if callable(state) else None
+
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset,

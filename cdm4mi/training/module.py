@@ -22,14 +22,23 @@ from cdm4mi.diffusion import (
     ddpm_sample,
     warm_start,
 )
+from cdm4mi.diffusion.ode import ode_sample
+from cdm4mi.diffusion.pc import pc_sample
+from cdm4mi.diffusion.sampling import StepCallback
+from cdm4mi.diffusion.sde import DiscreteVPSDE, ScoreMatchingObjective, sde_from_config
 from cdm4mi.evaluation.figures import save_sample_preview
 from cdm4mi.models import build_backbone
 
 
 class DiffusionModule(L.LightningModule):
-    def __init__(self, config: dict[str, Any]):
+    """``config`` is a run config (see cdm4mi.config); ``data_state`` is what the data set fitted on its
+    training split (gene list, scaling, class names: plain JSON types), kept with every checkpoint so
+    generated samples map back to the data's units."""
+
+    def __init__(self, config: dict[str, Any], data_state: dict[str, Any] | None = None):
         super().__init__()
-        self.save_hyperparameters({"config": config})
+        self.save_hyperparameters({"config": config, "data_state": data_state})
+        self.data_state = data_state
         self.config: Config = validate(config)
         network = dict(self.config.network)
         self.backbone = build_backbone(network.pop("name"), **network)
@@ -41,14 +50,21 @@ class DiffusionModule(L.LightningModule):
             beta_end=diffusion.beta_end,
             betas=diffusion.betas,
         )
-        self.objective = DiffusionObjective(
-            self.schedule,
-            diffusion.parameterization,
-            diffusion.loss_type,
-            diffusion.huber_delta,
-            diffusion.min_snr_gamma,
-            diffusion.max_train_timestep,
-        )
+        if diffusion.sde is None:
+            self.sde = None
+            self.objective = DiffusionObjective(
+                self.schedule,
+                diffusion.parameterization,
+                diffusion.loss_type,
+                diffusion.huber_delta,
+                diffusion.min_snr_gamma,
+                diffusion.max_train_timestep,
+            )
+        else:
+            self.sde = sde_from_config(**diffusion.sde.model_dump())
+            self.objective = ScoreMatchingObjective(
+                self.sde, diffusion.parameterization, diffusion.loss_type, diffusion.huber_delta
+            )
         self._preview_batch: dict[str, Any] | None = None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: object = None) -> torch.Tensor:
@@ -75,15 +91,25 @@ class DiffusionModule(L.LightningModule):
         reference = self._preview_batch["x0"][:count]
         cond = first_samples(self._preview_batch.get("cond"), count)
         generator = torch.Generator(device=self.device).manual_seed(self.config.training.seed)
-        noise = torch.randn(reference.shape, generator=generator, device=self.device, dtype=reference.dtype)
         t_start = self.config.training.preview_t_start
-        x = noise if t_start is None else warm_start(self.schedule, reference, t_start, noise)
+        if t_start is None:
+            x = self.prior(reference.shape, generator, dtype=reference.dtype)
+        else:
+            noise = torch.randn(reference.shape, generator=generator, device=self.device, dtype=reference.dtype)
+            x = warm_start(self.schedule, reference, t_start, noise)
         samples = self.sample(x, cond, t_start=t_start, generator=generator)
         # Moments of generated vs. validation data: a cheap, shape-agnostic check that sampling works.
         self.log("val/sample_mean_error", (samples.mean(0) - reference.mean(0)).abs().mean(), rank_zero_only=True)
         self.log("val/sample_std_error", (samples.std(0) - reference.std(0)).abs().mean(), rank_zero_only=True)
         path = Path(self.config.output_dir) / "previews" / f"step{self.global_step:07d}.png"
         save_sample_preview(samples, reference, path, title=f"step {self.global_step}")
+
+    def prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A draw from the model's prior: N(0, I), or the SDE's prior at t = 1 (N(0, sigma_max^2 I) for VE)."""
+        if self.sde is None:
+            return torch.randn(shape, generator=generator, device=self.device, dtype=dtype)
+        return self.sde.prior_sample(shape, generator=generator, dtype=dtype, device=self.device)
 
     @torch.no_grad()
     def sample(
@@ -93,27 +119,33 @@ class DiffusionModule(L.LightningModule):
         t_start: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        callback: StepCallback | None = None,
         **overrides: Any,
     ) -> torch.Tensor:
         """Sample with the configured sampler (``overrides`` replace ``sampling`` options).
 
-        ``x`` is prior noise, or the warm-start state at ``t_start``.
+        ``x`` is a draw from ``prior``, or the warm-start state at ``t_start`` (ddim/ddpm only);
+        ``callback(step, t, x, x0)`` sees every step.
         """
         options = SamplingConfig.model_validate({**self.config.sampling.model_dump(), **overrides})
         if options.guidance_scale != 1.0 and not getattr(self.backbone, "cond_drop_prob", 0.0):
             raise ValueError("sampling.guidance_scale: this network was trained without condition dropout "
                              "(network.cond_drop_prob = 0), so it has no unconditional branch to guide with")
         model = classifier_free_guidance(self.backbone, options.guidance_scale)
-        common = dict(
-            num_steps=options.steps,
-            parameterization=self.config.diffusion.parameterization,
-            cond=cond,
-            timestep_spacing=options.timestep_spacing,
-            t_start=t_start,
-            clip_x0=options.clip_x0,
-            generator=generator,
-            progress=progress,
-        )
+        common = dict(num_steps=options.steps, parameterization=self.config.diffusion.parameterization, cond=cond,
+                      generator=generator, progress=progress, callback=callback)
+        if options.sampler in ("pc", "ode"):
+            if t_start is not None:
+                raise ValueError(f"sampling.sampler: warm starts (t_start) need ddim or ddpm, not {options.sampler}")
+            # A DDPM-trained model is a score model of the VP SDE its discrete schedule implies.
+            sde = self.sde if self.sde is not None else DiscreteVPSDE(self.schedule)
+            if options.sampler == "pc":
+                return pc_sample(model, x, sde, snr=options.snr, n_corrector=options.n_corrector, **common)
+            return ode_sample(model, x, sde, method=options.ode_method, **common)
+        if self.sde is not None:
+            raise ValueError(f"sampling.sampler: {options.sampler} needs a discrete-time model; this one was trained "
+                             f"on the {self.sde.name} SDE (diffusion.sde): use pc or ode")
+        common.update(timestep_spacing=options.timestep_spacing, t_start=t_start, clip_x0=options.clip_x0)
         if options.sampler == "ddim":
             return ddim_sample(model, x, self.schedule, eta=options.eta, **common)
         return ddpm_sample(model, x, self.schedule, variance=options.variance, **common)

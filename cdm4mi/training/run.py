@@ -101,6 +101,27 @@ def check_vector_dim(config: Config) -> None:
         raise ValueError(f"network.vector_dim: is {vector_dim} but {given}; set network.vector_dim={expected}")
 
 
+def check_network_fits_data(config: Config, train_set) -> None:
+    """The network's sizes agree with what the data give, checked before any training: ``network.dim`` with
+    a vector's length (genes), ``network.out_channels`` with an image's channels, ``network.num_classes``
+    with the data set's classes (a label condition)."""
+    item = train_set[0]
+    x0, network, data = item["x0"], config.network, config.data["name"]
+    if x0.ndim == 1 and "dim" in network and network["dim"] != x0.shape[0]:
+        what = "genes" if hasattr(train_set, "gene_names") else "numbers per item"
+        raise ValueError(f"network.dim: is {network['dim']} but data '{data}' gives {x0.shape[0]} {what}; "
+                         f"set network.dim={x0.shape[0]}")
+    if x0.ndim >= 3 and network.get("out_channels", x0.shape[0]) != x0.shape[0]:
+        raise ValueError(f"network.out_channels: is {network['out_channels']} but data '{data}' gives images "
+                         f"with {x0.shape[0]} channels")
+    cond = item.get("cond")
+    if isinstance(cond, dict) and "label" in cond:
+        classes = getattr(train_set, "num_classes", None)
+        if classes is not None and network.get("num_classes", 0) != classes:
+            raise ValueError(f"network.num_classes: is {network.get('num_classes', 0)} but data '{data}' has "
+                             f"{classes} classes; set network.num_classes={classes}")
+
+
 def fit(config: Config, resume: bool = False) -> tuple[DiffusionModule, L.Trainer]:
     """Train as configured; with ``resume`` continue from ``<output_dir>/checkpoints/last.ckpt``."""
     L.seed_everything(config.training.seed, workers=True, verbose=False)
@@ -113,7 +134,8 @@ def fit(config: Config, resume: bool = False) -> tuple[DiffusionModule, L.Traine
     check_vector_dim(config)
     datamodule = DiffusionDataModule(config.data, config.training.batch_size, config.training.num_workers)
     datamodule.setup("fit")
-    module = DiffusionModule(config.model_dump(mode="json"))
+    check_network_fits_data(config, datamodule.train_set)
+    module = DiffusionModule(config.model_dump(mode="json"), datamodule.data_state())
     trainer = build_trainer(config)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
