@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from cdm4mi.atomic import atomic_output  # noqa: E402
 from cdm4mi.evaluation.bio_metrics import as_cell_pair, as_labels, fit_pca, gene_moments  # noqa: E402
+from cdm4mi.evaluation.figures import save_png  # noqa: E402
 
 EMBEDDING_METHODS = ("pca", "umap")
 UMAP_INPUT_COMPONENTS = 50  # UMAP runs on the real cells' leading PCs, as is usual for expression data
@@ -75,7 +75,7 @@ def save_embedding_overlay(real, generated, path: str | Path, real_labels=None, 
     else:
         left.legend(handles, names, loc="upper right", fontsize=8)
     figure.suptitle(title or f"{method.upper()} fitted on {len(real)} real cells, {len(generated)} generated")
-    return _save(figure, path, overwrite)
+    return save_png(figure, path, overwrite)
 
 
 def _embed(real: np.ndarray, generated: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -132,13 +132,5 @@ def save_gene_moment_plot(real, generated, path: str | Path, title: str = "", ov
         axis.set_ylabel(f"generated {name}")
         axis.legend(loc="upper left", fontsize=8)
     figure.suptitle(title or f"{real.shape[1]} genes; {len(real)} real, {len(generated)} generated cells")
-    return _save(figure, path, overwrite)
+    return save_png(figure, path, overwrite)
 
-
-def _save(figure: plt.Figure, path: str | Path, overwrite: bool) -> Path:
-    try:
-        with atomic_output(path, overwrite=overwrite) as temporary:
-            figure.savefig(temporary, dpi=110, format="png")
-    finally:
-        plt.close(figure)
-    return Path(path)

@@ -35,6 +35,16 @@ def save_sample_preview(samples: torch.Tensor, reference: torch.Tensor, path: st
     return Path(path)
 
 
+def save_png(figure: plt.Figure, path: str | Path, overwrite: bool) -> Path:
+    """Write ``figure`` as a PNG atomically (refusing an existing file unless ``overwrite``) and close it."""
+    try:
+        with atomic_output(path, overwrite=overwrite) as temporary:
+            figure.savefig(temporary, dpi=110, format="png")
+    finally:
+        plt.close(figure)
+    return Path(path)
+
+
 def _scatter(samples: torch.Tensor, reference: torch.Tensor) -> plt.Figure:
     if samples.shape[1] == 2:
         project, labels = (lambda x: x.numpy()), ("x1", "x2")

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cdm4mi.atomic import atomic_output  # noqa: E402
+from cdm4mi.evaluation.figures import save_png  # noqa: E402
 from cdm4mi.evaluation.metrics import SOFT_TISSUE_HU_WINDOW, check_hu_window  # noqa: E402
 from cdm4mi.evaluation.statistics import summarize  # noqa: E402
 
@@ -65,7 +65,7 @@ def save_slice_comparison(input_hu: np.ndarray, output_hu: np.ndarray, target_hu
             colorbar.ax.tick_params(labelsize=8)
     heading = f"display window [{low:g}, {high:g}] HU"
     figure.suptitle(f"{title} — {heading}" if title else heading, fontsize=11)
-    return _save(figure, path, overwrite)
+    return save_png(figure, path, overwrite)
 
 
 def save_patient_metric_plot(summary_or_rows: dict | Sequence[dict], path: str | Path, metric: str = "psnr",
@@ -122,13 +122,5 @@ def save_patient_metric_plot(summary_or_rows: dict | Sequence[dict], path: str |
         axis.legend(title="patient", fontsize=8, title_fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     parts = [part for part in (title, window_note, f"{len(patients)} patients; bar: mean, line: 95% CI") if part]
     axis.set_title("\n".join([" — ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else parts[0], fontsize=10)
-    return _save(figure, path, overwrite)
+    return save_png(figure, path, overwrite)
 
-
-def _save(figure: plt.Figure, path: str | Path, overwrite: bool) -> Path:
-    try:
-        with atomic_output(path, overwrite=overwrite) as temporary:
-            figure.savefig(temporary, dpi=110, format="png")
-    finally:
-        plt.close(figure)
-    return Path(path)
