@@ -14,7 +14,8 @@ import pytest
 import torch
 from scipy import sparse
 
-from cdm4mi.data.expression import STD_FLOOR, inverse_transform, read_h5ad, samples_to_anndata
+from cdm4mi.data.expression import STD_FLOOR, inverse_transform, samples_to_anndata
+from cdm4mi.data.expression_files import read_h5ad
 from cdm4mi.data.registry import build_dataset
 
 PBMC_OPTIONS = {"layer": "raw", "label_key": "bulk_labels", "counts": False}

@@ -41,7 +41,7 @@ from scipy import sparse
 from torch import nn
 
 from cdm4mi.atomic import atomic_output
-from cdm4mi.data.expression import table_delimiter
+from cdm4mi.data.expression_files import table_delimiter
 from cdm4mi.models.attention import Attention
 from cdm4mi.models.mlp import (
     AdaLNModulation,
