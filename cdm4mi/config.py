@@ -88,6 +88,10 @@ class TrainingConfig(_Section):
     preview_t_start: int | None = pydantic.Field(None, ge=0)
     progress_bar: bool = True
     seed: int = 0
+    # A NaN/Inf loss stops training (the checkpoints already written are kept) or skips the batch;
+    # more than max_nonfinite_skips skipped batches in a row stop it too.
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    max_nonfinite_skips: int = pydantic.Field(10, ge=0)
 
 
 class Config(_Section):

@@ -13,14 +13,19 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
 from test_io import CT_SMALL, MR_SMALL, sitk_series
 from test_medical_cli import cli, console_script, make_ct_hospital, train_tiny
 
+import cdm4mi
 from cdm4mi.cli.main import main
+from cdm4mi.config import load_config
 from cdm4mi.data.hospital import HospitalSpec
 from cdm4mi.data.io import load_scan
 from cdm4mi.training.checkpoint import load_module
+from cdm4mi.training.module import DiffusionModule
 
+REPO = Path(__file__).resolve().parent.parent
 MAX_TRAIN_TIMESTEP = 200  # configs/ldct_2d_concat.yaml
 
 
@@ -32,6 +37,32 @@ def checkpoint(tmp_path_factory) -> Path:
     path = train_tiny("ldct_2d_concat.yaml", manifest, root / "run", 30)
     assert load_module(path).objective.max_train_timestep == MAX_TRAIN_TIMESTEP
     return path
+
+
+def untrained_checkpoint(config: str, path: Path, data_state: dict | None, *overrides: str) -> Path:
+    """A checkpoint of a shipped config's model as built (what the refusals look at is its record, not its
+    weights), written the way a checkpoint stores it: config, data state, weights and the model card."""
+    module = DiffusionModule(load_config(REPO / "configs" / config, list(overrides)).model_dump(mode="json"), data_state)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "cdm4mi": module.model_card()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def other_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("other_models")
+    ct_state = {"modality": "CT", "normalization": {"name": "hu_window"}}
+    return {"vector": untrained_checkpoint("vector_gaussian.yaml", root / "vector.ckpt", None),
+            "3d": untrained_checkpoint("ldct_3d_concat.yaml", root / "3d.ckpt", ct_state, "network.base_channels=8",
+                                       "network.norm_groups=4", "network.num_head_channels=8")}
+
+
+def test_checkpoint_records_what_the_model_is(checkpoint):
+    card = torch.load(checkpoint, weights_only=True)["cdm4mi"]
+    assert card["version"] == cdm4mi.__version__ and card["task"] == "denoise" and card["data"] == "paired_scans"
+    assert card["modality"] == "CT" and card["normalization"]["name"] == "hu_window"
+    assert card["spatial_dims"] == 2 and card["data_mode"] == "2d" and card["in_channels"] == 2
+    assert load_module(checkpoint).card == card
 
 
 @pytest.fixture
@@ -145,6 +176,11 @@ def test_same_seed_gives_bit_identical_output(checkpoint, inputs, tmp_path, caps
     other = run(4, "--overwrite")
     assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
     assert not np.array_equal(first[0], other[0]) and not np.array_equal(first[1], other[1])
+    # A fresh process (nothing shared with this one) gives the same bits too.
+    subprocess.run([*console_script(), "denoise", "--checkpoint", str(checkpoint), "--input", str(inputs["ct"]),
+                    "--output", str(tmp_path / "b.nii.gz"), "--samples", "2", "--seed", "3"], check=True,
+                   capture_output=True, timeout=300)
+    assert np.array_equal(first[0], nifti(tmp_path / "b.nii.gz")) and np.array_equal(first[1], nifti(tmp_path / "b_std.nii.gz"))
 
 
 # Each case's arguments follow "--checkpoint C --input CT_small --output out.nii.gz" and override them.
@@ -156,7 +192,7 @@ REFUSALS = {  # name: (arguments, a piece of the one-line message)
     "output is the input file": (["--output", "{ct}", "--overwrite"], "cdm4mi never writes over its input"),
     "existing output": (["--output", "{taken}"], "already exists (pass --overwrite"),
     "existing std output": (["--output", "{tmp}/taken_dicom", "--samples", "2"], "taken_dicom_std already exists"),
-    "MR input, CT model": (["--input", "{mr}"], "was trained on CT (HU window) but the input is MR"),
+    "MR input, CT model": (["--input", "{mr}"], "was trained on CT (hu_window normalization) but the input is MR"),
     "not an image": (["--input", "{text}"], "not a DICOM Part-10 file"),
     "missing input": (["--input", "{tmp}/absent.dcm"], "no such file or folder"),
     "missing checkpoint": (["--checkpoint", "{tmp}/absent.ckpt"], "--checkpoint: file not found"),
@@ -165,14 +201,17 @@ REFUSALS = {  # name: (arguments, a piece of the one-line message)
     "t-start beyond training": (["--t-start", str(MAX_TRAIN_TIMESTEP + 1)],
                                 f"beyond the timesteps this model was trained on (<= {MAX_TRAIN_TIMESTEP})"),
     "no samples": (["--samples", "0"], "--samples: must be >= 1"),
+    "a generative model": (["--checkpoint", "{vector}"],
+                           "was trained to generate samples of data 'correlated_gaussian', not to denoise scans"),
+    "3D model, one slice": (["--checkpoint", "{3d}"], "--input: 1 slice, but"),
 }
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
-def test_refusals_are_one_line_and_write_nothing(case, checkpoint, inputs, tmp_path, capsys):
+def test_refusals_are_one_line_and_write_nothing(case, checkpoint, other_models, inputs, tmp_path, capsys):
     arguments, expected = REFUSALS[case]
     (tmp_path / "taken_dicom_std").mkdir()
-    places = {name: str(path) for name, path in inputs.items()} | {"tmp": str(tmp_path)}
+    places = {name: str(path) for name, path in {**inputs, **other_models}.items()} | {"tmp": str(tmp_path)}
     before = snapshot(tmp_path)
     status = main(["denoise", "--checkpoint", str(checkpoint), "--input", str(inputs["ct"]),
                    "--output", str(tmp_path / "out.nii.gz"), *(a.format(**places) for a in arguments)])
@@ -190,7 +229,7 @@ def test_refusal_in_a_real_process_is_one_line(checkpoint, inputs, tmp_path):
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"cdm4mi denoise: error: --checkpoint: {checkpoint} was trained on CT (HU window) but the input is MR"]
+        f"cdm4mi denoise: error: --checkpoint: {checkpoint} was trained on CT (hu_window normalization) but the input is MR"]
     assert not (tmp_path / "out.nii.gz").exists()
 
 

@@ -278,7 +278,7 @@ def test_mri_config_trains_and_denoises_nifti(tmp_path, capsys):
     (tmp_path / "ct" / "ct.dcm").write_bytes(Path(CT_SMALL).read_bytes())
     status = main(["denoise", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "ct" / "ct.dcm"),
                    "--output", str(tmp_path / "ct.nii.gz")])
-    assert status == 2 and "trained on MRI intensities" in capsys.readouterr().err
+    assert status == 2 and "was trained on MR (percentile normalization) but the input is CT" in capsys.readouterr().err
     assert not (tmp_path / "ct.nii.gz").exists()
 
 

@@ -2,8 +2,10 @@
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,22 +77,55 @@ def test_vector_config_learns_a_correlated_gaussian(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_at_the_same_global_step(tmp_path):
-    run_dir = tmp_path / "resume"
-    common = ["--config", "configs/vector_gaussian.yaml", f"output_dir={run_dir}", "training.progress_bar=false",
-              "training.val_every_n_steps=20", "training.checkpoint_every_n_steps=20", "training.preview_samples=0"]
-    cdm4mi("train", *common, "training.max_steps=30")
-    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert first["global_step"] == 30
-    # The EMA weights are the checkpoint's state_dict; the live weights are kept for resuming.
-    assert any(not torch.equal(first["state_dict"][key], first["current_model_state"][key]) for key in first["state_dict"])
-    refused = cdm4mi("train", *common, "training.max_steps=50", check=False)
+def kill_after_checkpoint(args: list[str], checkpoint: Path, min_step: int) -> int:
+    """Starts ``cdm4mi train``, SIGKILLs it once ``checkpoint`` holds step >= ``min_step``; the step it held."""
+    process = subprocess.Popen([*CLI, "train", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while process.poll() is None:
+            if checkpoint.is_file():
+                step = torch.load(checkpoint, weights_only=True)["global_step"]
+                if step >= min_step:
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(timeout=60)
+                    return step
+            time.sleep(0.02)
+        raise AssertionError(f"training ended before it could be killed:\n{process.stderr.read().decode()[-2000:]}")
+    finally:
+        process.kill()
+
+
+def test_sigkill_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_path):
+    """8 batches per epoch and a checkpoint every 8 steps: the resumed run restores optimizer, LR scheduler,
+    EMA and random state and ends with exactly the weights of a run that was never interrupted."""
+    def args(run_dir: Path) -> list[str]:
+        return ["--config", "configs/vector_gaussian.yaml", f"output_dir={run_dir}", "training.progress_bar=false",
+                "data.num_samples=2048", "training.batch_size=256", "network.hidden_dim=64", "training.max_steps=400",
+                "training.val_every_n_steps=8", "training.val_batches=1", "training.checkpoint_every_n_steps=8",
+                "training.preview_samples=0", "training.warmup_steps=20"]
+
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    cdm4mi("train", *args(unbroken))
+    last = broken / "checkpoints" / "last.ckpt"
+    killed_at = kill_after_checkpoint(args(broken), last, min_step=16)
+    assert 16 <= killed_at < 400 and torch.load(last, weights_only=True)["global_step"] < 400
+    refused = cdm4mi("train", *args(broken), check=False)
     assert refused.returncode == 2 and "already holds a run; pass --resume" in refused.stderr
-    cdm4mi("train", *common, "training.max_steps=50", "--resume")
-    second = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert second["global_step"] == 50
-    # Validation every 20 batches: step 19 in the first run, 39 in the resumed one; nothing repeated.
-    assert [int(row["step"]) for row in validation_rows(run_dir)] == [19, 39]
+    resumed_from = torch.load(last, weights_only=True)["global_step"]
+    cdm4mi("train", *args(broken), "--resume")
+    expected, resumed = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=True) for run in (unbroken, broken))
+    assert resumed["global_step"] == expected["global_step"] == 400
+    for key in ("state_dict", "current_model_state"):  # EMA weights and live weights
+        for name, value in expected[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)
+    assert expected["lr_schedulers"] == resumed["lr_schedulers"]
+    assert torch.equal(expected["callbacks"]["RandomState"]["torch"], resumed["callbacks"]["RandomState"]["torch"])
+    assert resumed["cdm4mi"]["version"] and resumed["cdm4mi"]["task"] == "generate"
+    # Validation every 8 steps: none repeated across the kill, and all of them after the resumed step.
+    every = list(range(7, 400, 8))
+    assert [int(row["step"]) for row in validation_rows(unbroken)] == every
+    steps = [int(row["step"]) for row in validation_rows(broken)]
+    assert len(steps) == len(set(steps)) and set(steps) <= set(every)
+    assert [step for step in steps if step >= resumed_from] == [step for step in every if step >= resumed_from]
 
 
 @pytest.mark.slow

@@ -115,12 +115,19 @@ def describe_metadata(result: DenoiseResult) -> str:
 
 
 def check_compatible(scan: Scan, module, checkpoint: str) -> None:
-    """A CT (HU window) model on MR data, or an MRI model on CT, is refused (NIfTI carries no modality)."""
-    trained_for_ct = model_normalization(module).name == "hu_window"
-    if trained_for_ct and scan.modality not in ("CT", "OT"):
-        raise ValueError(f"--checkpoint: {checkpoint} was trained on CT (HU window) but the input is {scan.modality}")
-    if not trained_for_ct and scan.modality == "CT":
-        raise ValueError(f"--checkpoint: {checkpoint} was trained on MRI intensities but the input is CT")
+    """The checkpoint is a denoiser for this kind of scan: trained on paired scans, of the input's modality
+    (NIfTI carries none: the model's is used), and 2D or the input has the depth a 3D model needs."""
+    card = module.card
+    if card["task"] != "denoise":
+        raise ValueError(f"--checkpoint: {checkpoint} was trained to generate samples of data '{card['data']}', "
+                         "not to denoise scans (train on paired_scans data)")
+    trained_on = card["modality"] or ("CT" if model_normalization(module).name == "hu_window" else "MR")
+    if scan.modality not in (trained_on, "OT"):
+        raise ValueError(f"--checkpoint: {checkpoint} was trained on {trained_on} "
+                         f"({model_normalization(module).name} normalization) but the input is {scan.modality}")
+    if card["data_mode"] == "3d" and scan.array.shape[0] < 2:
+        raise ValueError(f"--input: {scan.array.shape[0]} slice, but {checkpoint} is a 3D model that needs a volume; "
+                         "use a 2D model for single slices")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
     module = load_module(args.checkpoint, map_location=args.device)
     check_metadata(metadata, module, args.checkpoint)
     scan = load_scan(input_path, series_uid=args.series)
+    check_compatible(scan, module, args.checkpoint)
     if scan.modality == "OT":  # NIfTI says nothing of modality: it is the model's (needed to write DICOM)
         scan = dataclasses.replace(scan, modality="CT" if model_normalization(module).name == "hu_window" else "MR")
-    check_compatible(scan, module, args.checkpoint)
     result = denoise_scan(module, scan, steps=args.steps, eta=args.eta, t_start=t_start,
                           samples=args.samples, batch_size=args.batch_size, seed=args.seed, metadata=metadata)
     write_volume(result.mean, scan, output, "cdm4mi denoised", args.overwrite)

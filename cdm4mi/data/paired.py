@@ -218,6 +218,10 @@ class PairedScans(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def preprocessing_state(self) -> dict[str, Any]:
+        """Kept with the model (checkpoint): the scans' modality and the normalization recipe."""
+        return {"modality": self.manifest.modality, "normalization": self.normalization.to_dict()}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         volume_index, *where = (int(i) for i in self._index[index])
         volume = self._volume(volume_index)

@@ -10,23 +10,34 @@ from pathlib import Path
 
 import torch
 
+import cdm4mi
 from cdm4mi.training.module import DiffusionModule
+from cdm4mi.training.safety import load_error
 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:
-    """The model of a checkpoint written by ``cdm4mi train``, with its EMA weights, in eval mode."""
+    """The model of a checkpoint written by ``cdm4mi train``, with its EMA weights, in eval mode.
+
+    ``module.card`` is what the checkpoint records about the model (``DiffusionModule.model_card``: package
+    version, task, modality, normalization, spatial dims, channels); derived from the config for older files.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--checkpoint: file not found: {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"--checkpoint: {path} is not a loadable cdm4mi checkpoint ({first_line})") from None
+        raise ValueError(f"--checkpoint: {path} is not a loadable cdm4mi checkpoint: {load_error(error)}") from None
     hyper_parameters = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    config = hyper_parameters.get("config")
-    if config is None or "state_dict" not in checkpoint:
+    config = hyper_parameters.get("config") if isinstance(hyper_parameters, dict) else None
+    if not isinstance(config, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"--checkpoint: {path} holds no cdm4mi config and weights")
-    module = DiffusionModule(config, hyper_parameters.get("data_state"))
-    module.load_state_dict(checkpoint["state_dict"])
+    card = checkpoint.get("cdm4mi") if isinstance(checkpoint.get("cdm4mi"), dict) else {}
+    written_by = f"written by cdm4mi {card.get('version', 'before 0.1')}, this is {cdm4mi.__version__}"
+    try:
+        module = DiffusionModule(config, hyper_parameters.get("data_state"))
+        module.load_state_dict(checkpoint["state_dict"])
+    except (ValueError, RuntimeError, TypeError, KeyError) as error:
+        raise ValueError(f"--checkpoint: {path} does not fit this cdm4mi ({written_by}): {load_error(error)}") from None
+    module.card = {**module.model_card(), **card}
     return module.eval()

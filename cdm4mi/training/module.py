@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 
+import cdm4mi
 from cdm4mi.config import Config, SamplingConfig, validate
 from cdm4mi.diffusion import (
     DiffusionObjective,
@@ -28,6 +29,7 @@ from cdm4mi.diffusion.sampling import StepCallback
 from cdm4mi.diffusion.sde import DiscreteVPSDE, ScoreMatchingObjective, sde_from_config
 from cdm4mi.evaluation.figures import save_sample_preview
 from cdm4mi.models import build_backbone
+from cdm4mi.training.safety import CHECKPOINT_DIR, LAST_CHECKPOINT, NonFiniteGuard
 
 
 class DiffusionModule(L.LightningModule):
@@ -66,14 +68,41 @@ class DiffusionModule(L.LightningModule):
                 self.sde, diffusion.parameterization, diffusion.loss_type, diffusion.huber_delta
             )
         self._preview_batch: dict[str, Any] | None = None
+        training = self.config.training
+        self.nonfinite = NonFiniteGuard(training.nonfinite_loss, training.max_nonfinite_skips,
+                                        Path(self.config.output_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: object = None) -> torch.Tensor:
         return self.backbone(x, t, cond)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         loss = self.objective.loss(self.backbone, batch["x0"], batch.get("cond"))
+        if not self.nonfinite.check_loss(loss, self.global_step):
+            self.log("train/skipped_batches", float(self.nonfinite.skipped_total))
+            return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["x0"].shape[0])
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for key in ("state_dict", "current_model_state"):  # the EMA and the live weights
+            self.nonfinite.check_weights(checkpoint.get(key, {}), self.global_step)
+        checkpoint["cdm4mi"] = self.model_card()
+
+    def model_card(self) -> dict[str, Any]:
+        """What a checkpoint says about its model, so that a tool can check it fits an input before use."""
+        data, network, state = self.config.data, self.config.network, self.data_state or {}
+        return {
+            "version": cdm4mi.__version__,
+            "task": "denoise" if data["name"] == "paired_scans" else "generate",
+            "data": data["name"],
+            "modality": state.get("modality"),
+            "normalization": state.get("normalization"),
+            "data_mode": data.get("mode"),
+            "spatial_dims": network.get("spatial_dims"),
+            "in_channels": network.get("in_channels"),
+            "out_channels": network.get("out_channels"),
+            "parameterization": self.config.diffusion.parameterization,
+        }
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # The same timesteps and noise at every validation, so the curve shows the model, not the draw.

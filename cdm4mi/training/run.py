@@ -17,9 +17,7 @@ from cdm4mi.data.metadata import metadata_vector_dim
 from cdm4mi.training.datamodule import DiffusionDataModule
 from cdm4mi.training.ema import WarmupEMA
 from cdm4mi.training.module import DiffusionModule
-
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
+from cdm4mi.training.safety import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, RandomState
 
 
 class FinalCheckpoint(Callback):
@@ -51,7 +49,8 @@ def build_trainer(config: Config) -> L.Trainer:
     training = config.training
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
-    callbacks: list[Callback] = [FinalCheckpoint(checkpoint_dir / LAST_CHECKPOINT, training.checkpoint_every_n_steps)]
+    callbacks: list[Callback] = [FinalCheckpoint(checkpoint_dir / LAST_CHECKPOINT, training.checkpoint_every_n_steps),
+                                 RandomState()]
     if training.ema_decay is not None:
         callbacks.append(WarmupEMA(training.ema_decay))
     callbacks += [
@@ -83,6 +82,7 @@ def build_trainer(config: Config) -> L.Trainer:
         limit_val_batches=training.val_batches,
         log_every_n_steps=training.log_every_n_steps,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         logger=loggers,
         enable_progress_bar=training.progress_bar,
         enable_model_summary=training.progress_bar,
