@@ -22,6 +22,7 @@ from cdm4mi.cli.main import main
 from cdm4mi.config import load_config
 from cdm4mi.data.hospital import HospitalSpec
 from cdm4mi.data.io import load_scan
+from cdm4mi.data.pairing import pseudonymize
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.module import DiffusionModule
 
@@ -204,6 +205,13 @@ REFUSALS = {  # name: (arguments, a piece of the one-line message)
     "a generative model": (["--checkpoint", "{vector}"],
                            "was trained to generate samples of data 'correlated_gaussian', not to denoise scans"),
     "3D model, one slice": (["--checkpoint", "{3d}"], "--input: 1 slice, but"),
+    "deidentify NIfTI": (["--deidentify", "--salt-file", "{tmp}/salt"], "is NIfTI, which holds no patient data"),
+    "deidentify without salt": (["--deidentify", "--output", "{tmp}/dicom"], "--deidentify: needs --salt-file"),
+    "salt without deidentify": (["--salt-file", "{tmp}/salt"], "--salt-file: only used with --deidentify"),
+    "salt inside the output": (["--deidentify", "--output", "{tmp}/dicom", "--salt-file", "{tmp}/dicom/salt"],
+                               "lies inside the output"),
+    "salt is the input": (["--deidentify", "--output", "{tmp}/dicom", "--salt-file", "{ct}"],
+                          "cdm4mi never writes over its input"),
 }
 
 
@@ -299,3 +307,30 @@ def test_simulate_refuses_an_output_folder_holding_its_input(inputs, tmp_path, c
     status = main(["simulate", "--input", str(ct), "--output", str(outer), "--modality", "ct", "--overwrite"])
     assert ct.is_file(), "the input was deleted"
     assert status == 2 and "input" in capsys.readouterr().err
+
+
+def test_deidentify_writes_no_identity_and_remaps_consistently(checkpoint, inputs, tmp_path, capsys):
+    source = pydicom.dcmread(inputs["ct"])
+    source.PatientName, source.PatientID, source.InstitutionName = "Doe^Jane", "MRN-0042", "St Elsewhere"
+    source.AccessionNumber, source.StudyDate = "ACC-777", "20240131"
+    source.save_as(inputs["ct"])
+    salt_file = tmp_path / "secret" / "salt.bin"
+    salt_file.parent.mkdir()
+    outputs = [tmp_path / "first", tmp_path / "second"]
+    for output in outputs:
+        printed = cli(capsys, "denoise", "--checkpoint", checkpoint, "--input", inputs["ct"], "--output", output,
+                      "--deidentify", "--salt-file", salt_file, "--samples", "2")
+        assert not any(word in printed for word in ("Doe", "MRN-0042", "Elsewhere"))
+    written = [pydicom.dcmread(next(output.iterdir())) for output in outputs]
+    for path in [p for output in outputs for p in (output, output.with_name(output.name + "_std"))]:
+        raw = b"".join(f.read_bytes() for f in path.iterdir())
+        for secret in (b"Doe", b"MRN-0042", b"Elsewhere", b"ACC-777", b"20240131", source.StudyInstanceUID.encode(),
+                       source.SOPInstanceUID.encode(), source.FrameOfReferenceUID.encode()):
+            assert secret not in raw, (path.name, secret)
+    pseudonym = pseudonymize("MRN-0042", salt_file.read_bytes())
+    assert all(ds.PatientID == pseudonym == str(ds.PatientName) and ds.PatientIdentityRemoved == "YES" for ds in written)
+    # One salt: both runs file into the same (remapped) study and frame of reference, as new series.
+    assert written[0].StudyInstanceUID == written[1].StudyInstanceUID != source.StudyInstanceUID
+    assert written[0].FrameOfReferenceUID == written[1].FrameOfReferenceUID
+    assert written[0].SeriesInstanceUID != written[1].SeriesInstanceUID
+    np.testing.assert_array_equal(written[0].pixel_array, written[1].pixel_array)  # same seed, same pixels

@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
+from cdm4mi.data.deidentify import Deidentifier
 from cdm4mi.data.io import Scan, load_scan
 from cdm4mi.data.metadata import FIELDS, parse_value
+from cdm4mi.data.pairing import load_or_create_salt
 from cdm4mi.data.writers import NIFTI_SUFFIXES, write_volume
 from cdm4mi.inference.denoise import (
     DenoiseResult,
@@ -51,6 +53,11 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                              f"{', '.join(FIELDS)} (default: the DICOM tags, the estimated noise level)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the input)")
+    parser.add_argument("--deidentify", action="store_true",
+                        help="DICOM output with the basic de-identification profile (PS3.15 Annex E): names and IDs "
+                             "become the manifest's pseudonym, UIDs and dates are remapped the same way for one salt")
+    parser.add_argument("--salt-file", help="secret salt for --deidentify (the one cdm4mi manifest used, so the "
+                                            "pseudonyms agree); created with 32 random bytes if missing")
     parser.set_defaults(run=run)
 
 
@@ -130,9 +137,31 @@ def check_compatible(scan: Scan, module, checkpoint: str) -> None:
                          "use a 2D model for single slices")
 
 
+def deidentifier(args: argparse.Namespace, input_path: Path, output: Path) -> Deidentifier | None:
+    """The de-identifier of ``--deidentify``, keyed by ``--salt-file`` (required, kept apart from the output)."""
+    if args.salt_file and not args.deidentify:
+        raise ValueError("--salt-file: only used with --deidentify")
+    if not args.deidentify:
+        return None
+    if output.name.endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"--deidentify: {output} is NIfTI, which holds no patient data; de-identification is for "
+                         "DICOM output (give a folder)")
+    if not args.salt_file:
+        raise ValueError("--deidentify: needs --salt-file (the salt cdm4mi manifest used, or a new file to create)")
+    salt_file = Path(args.salt_file)
+    refuse_input_overlap(input_path, salt_file, option="--salt-file")
+    if output.resolve() in salt_file.resolve().parents:
+        raise ValueError(f"--salt-file: {salt_file} lies inside the output {output}; keep the salt apart from the data")
+    salt, created = load_or_create_salt(salt_file)
+    if created:
+        print(f"salt: created {salt_file}; keep it private, and pass it again to get the same pseudonyms")
+    return Deidentifier(salt)
+
+
 def run(args: argparse.Namespace) -> int:
     input_path, output = Path(args.input), Path(args.output)
     output, std_path = output_paths(input_path, output, args.samples, args.overwrite)
+    deidentify = deidentifier(args, input_path, output)
     t_start = parse_t_start(args.t_start)
     metadata = parse_metadata(args.metadata)
     module = load_module(args.checkpoint, map_location=args.device)
@@ -143,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         scan = dataclasses.replace(scan, modality="CT" if model_normalization(module).name == "hu_window" else "MR")
     result = denoise_scan(module, scan, steps=args.steps, eta=args.eta, t_start=t_start,
                           samples=args.samples, batch_size=args.batch_size, seed=args.seed, metadata=metadata)
-    write_volume(result.mean, scan, output, "cdm4mi denoised", args.overwrite)
+    write_volume(result.mean, scan, output, "cdm4mi denoised", args.overwrite, deidentifier=deidentify)
     print(f"denoised {scan.array.shape[0]} slices of {scan.array.shape[1]}x{scan.array.shape[2]} "
           f"(warm start t={result.t_start}, input noise {result.input_noise_std:.3f} model units)")
     if result.metadata_sources:
@@ -154,6 +183,6 @@ def run(args: argparse.Namespace) -> int:
                   "tag); the model was told they are unknown", file=sys.stderr)
     print(f"output: {output}")
     if std_path is not None:
-        write_volume(result.std, scan, std_path, "cdm4mi uncertainty (std)", args.overwrite)
+        write_volume(result.std, scan, std_path, "cdm4mi uncertainty (std)", args.overwrite, deidentifier=deidentify)
         print(f"uncertainty (std over {args.samples} samples): {std_path}")
     return 0

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import datetime
 from collections.abc import Iterator, Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -25,11 +25,14 @@ from pydicom.valuerep import format_number_as_ds
 
 import cdm4mi
 from cdm4mi.atomic import atomic_output, check_writable
+from cdm4mi.data.deidentify import Deidentifier
 from cdm4mi.data.io import Scan, reorient
 
 SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
 DEFAULT_SERIES_DESCRIPTION = "cdm4mi denoised"
 _INT16_HALF_RANGE = 32000  # under 32767, so the DS-rounded slope can never push a value out of int16
+# Text the writer (or its caller's ``tags``) puts on a derived series itself, kept through de-identification.
+_OWN_TEXT = ("SeriesDescription", "DerivationDescription")
 
 # What a derived image shares with its source: patient, study and frame of reference (so it files next to
 # it), and the acquisition facts a reader of the new series still needs.
@@ -37,6 +40,7 @@ _COPIED_TAGS = (
     "SpecificCharacterSet",
     "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
     "PatientSize", "PatientWeight", "PatientIdentityRemoved", "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence", "BurnedInAnnotation",
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
     "StudyDescription", "FrameOfReferenceUID", "PositionReferenceIndicator",
     "PatientPosition", "BodyPartExamined", "AcquisitionDate", "AcquisitionTime", "AcquisitionNumber",
@@ -85,7 +89,7 @@ def write_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str 
 
 def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out_dir: str | Path,
                        series_description: str = DEFAULT_SERIES_DESCRIPTION, overwrite: bool = False,
-                       tags: Mapping[str, Any] | None = None) -> Path:
+                       tags: Mapping[str, Any] | None = None, deidentifier: Deidentifier | None = None) -> Path:
     """Write a volume as a new DERIVED\\SECONDARY CT or MR series, one file per slice, into ``out_dir``.
 
     ``array_hu`` (HU for CT, scanner units for MR) has the shape and orientation of ``reference.array``.
@@ -103,12 +107,18 @@ def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out
     ``tags`` (DICOM keyword -> value) are set on every instance last, e.g. the patient and study of a
     series made from NIfTI, or a DerivationDescription.
 
+    ``deidentifier`` (``cdm4mi.data.deidentify``) de-identifies every instance, ``tags`` included, before it is
+    written; only the series' own SeriesDescription and DerivationDescription stay as given. With one salt,
+    the outputs of one source study share its remapped StudyInstanceUID and FrameOfReferenceUID, and the
+    SourceImageSequence names the source images by their remapped UIDs.
+
     Returns ``out_dir``.
 
     Raises:
         ValueError: wrong shape, NaN/Inf, an unsupported modality, a bad description, a scan whose affine
             no longer matches its DICOM source slices, or an ``out_dir`` holding the source series itself
-            (which even ``overwrite=True`` does not replace).
+            (which even ``overwrite=True`` does not replace), or a source marked BurnedInAnnotation YES
+            when de-identifying.
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
     out_dir = check_writable(out_dir, overwrite, option="out_dir")  # before any work
@@ -130,6 +140,8 @@ def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out
         raise ValueError(f"{out_dir}: holds the source series itself; write the derived series to another folder")
     with atomic_output(out_dir, overwrite, directory=True) as partial:
         for index, dataset in enumerate(_instances(series, stored, native_affine, reference)):
+            if deidentifier is not None:
+                deidentifier.deidentify(dataset, keep=_OWN_TEXT)
             dataset.save_as(partial / f"{index + 1:05d}.dcm", enforce_file_format=True)
     return out_dir
 
@@ -270,12 +282,14 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def write_volume(array: np.ndarray | torch.Tensor, reference: Scan, path: str | Path, description: str,
-                 overwrite: bool = False, tags: Mapping[str, Any] | None = None) -> Path:
+                 overwrite: bool = False, tags: Mapping[str, Any] | None = None,
+                 deidentifier: Deidentifier | None = None) -> Path:
     """Write ``array`` (in ``reference.array``'s orientation) as NIfTI when ``path`` ends in .nii/.nii.gz,
     otherwise as a DERIVED DICOM series in the folder ``path``.
 
     A NIfTI written for a NIfTI input has the input's voxel order and affine (the same grid, voxel for voxel,
     so tools and numpy can compare them directly); for a DICOM input the canonical ``[D, H, W]`` layout.
+    ``deidentifier`` applies to DICOM output (``write_dicom_series``); a NIfTI file carries no patient data.
     """
     path = Path(path)
     if path.name.endswith(NIFTI_SUFFIXES):
@@ -284,4 +298,5 @@ def write_volume(array: np.ndarray | torch.Tensor, reference: Scan, path: str | 
             values = array.numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
             array, affine = reorient(values, reference.affine, reference.source_axcodes)
         return write_nifti(array, affine, path, overwrite=overwrite)
-    return write_dicom_series(array, reference, path, series_description=description, overwrite=overwrite, tags=tags)
+    return write_dicom_series(array, reference, path, series_description=description, overwrite=overwrite, tags=tags,
+                              deidentifier=deidentifier)
