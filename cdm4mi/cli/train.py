@@ -19,13 +19,15 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/toy2d.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/last.ckpt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an output_dir that holds a run (its checkpoints, logs and previews are deleted)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    _, trainer = fit(config, resume=args.resume)
+    _, trainer = fit(config, resume=args.resume, overwrite=args.overwrite)
     if trainer.is_global_zero:
         output_dir = Path(config.output_dir)
         print(f"trained {trainer.global_step} steps")

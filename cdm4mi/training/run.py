@@ -3,6 +3,7 @@ set ``training.strategy``, ``training.devices`` and ``training.num_nodes``; no c
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -122,15 +123,22 @@ def check_network_fits_data(config: Config, train_set) -> None:
                              f"{classes} classes; set network.num_classes={classes}")
 
 
-def fit(config: Config, resume: bool = False) -> tuple[DiffusionModule, L.Trainer]:
-    """Train as configured; with ``resume`` continue from ``<output_dir>/checkpoints/last.ckpt``."""
+RUN_OUTPUTS = (CHECKPOINT_DIR, "logs", "tensorboard", "previews", "config.yaml")  # what a run writes
+
+
+def fit(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[DiffusionModule, L.Trainer]:
+    """Train as configured; with ``resume`` continue from ``<output_dir>/checkpoints/last.ckpt``; with
+    ``overwrite`` start over in an ``output_dir`` that holds a run (deleted once the data have loaded)."""
     L.seed_everything(config.training.seed, workers=True, verbose=False)
     output_dir = Path(config.output_dir)
     last = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if resume and overwrite:
+        raise ValueError("--overwrite: cannot be combined with --resume (continue the run, or start it over)")
     if resume and not last.is_file():
         raise ValueError(f"--resume: no checkpoint to resume from at {last}")
-    if not resume and last.exists():
-        raise ValueError(f"output_dir: {output_dir} already holds a run; pass --resume or choose another output_dir")
+    if not resume and not overwrite and last.exists():
+        raise ValueError(f"output_dir: {output_dir} already holds a run; pass --resume to continue it, "
+                         "--overwrite to start over, or choose another output_dir")
     check_vector_dim(config)
     datamodule = DiffusionDataModule(config.data, config.training.batch_size, config.training.num_workers)
     datamodule.setup("fit")
@@ -138,8 +146,20 @@ def fit(config: Config, resume: bool = False) -> tuple[DiffusionModule, L.Traine
     module = DiffusionModule(config.model_dump(mode="json"), datamodule.data_state())
     trainer = build_trainer(config)
     if trainer.is_global_zero:
+        if overwrite:
+            remove_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         with atomic_output(output_dir / "config.yaml", overwrite=True) as temporary:
             temporary.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     return module, trainer
+
+
+def remove_run(output_dir: Path) -> None:
+    """Delete what an earlier run wrote into ``output_dir`` (nothing else in it)."""
+    for name in RUN_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
