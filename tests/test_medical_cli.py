@@ -20,6 +20,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from test_io import CT_SMALL, sitk_series
 
 from cdm4mi.cli.main import main
@@ -116,7 +118,31 @@ def is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
 
 
-def test_hospital_to_held_out_evaluation(hospital, tmp_path, capsys):
+def figure_texts(monkeypatch) -> list[str]:
+    """Every text drawn on every figure saved from now on (titles, labels, ticks, legends)."""
+    texts: list[str] = []
+    original = Figure.savefig
+
+    def savefig(figure, *args, **kwargs):
+        texts.extend(artist.get_text() for artist in figure.findobj(Text))
+        return original(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return texts
+
+
+def assert_no_identity(identities: list[str], texts: list[str], folders: list[Path]) -> int:
+    """No patient ID or name in ``texts`` nor in the bytes of any file under ``folders``; returns the file count."""
+    files = [p for folder in folders for p in ([folder] if folder.is_file() else folder.rglob("*")) if p.is_file()]
+    for identity in identities:
+        assert not any(identity.lower() in text.lower() for text in texts), identity
+        for path in files:
+            assert identity.encode() not in path.read_bytes(), (identity, path)
+    return len(files)
+
+
+def test_hospital_to_held_out_evaluation(hospital, tmp_path, capsys, monkeypatch):
+    drawn = figure_texts(monkeypatch)
     assert [len(hospital.patients(split)) for split in ("train", "val", "test")] == [3, 1, 2]
     entry = hospital.patients("test")[0]
     low_dose = hospital.data / entry["input"]
@@ -195,6 +221,17 @@ def test_hospital_to_held_out_evaluation(hospital, tmp_path, capsys):
                    "--out", str(out)])
     assert status == 2 and "already exists" in capsys.readouterr().err
     assert (out / "metrics.csv").read_bytes() == before
+
+    # Privacy: no patient ID or name in the manifest, the run (logs, TensorBoard, checkpoints, config),
+    # the metrics, the figures (drawn text) or anything printed: only pseudonyms.
+    sources = [pydicom.dcmread(next((hospital.data / e["input"]).iterdir()), stop_before_pixels=True)
+               for e in hospital.entries["patients"]]
+    identities = sorted({str(ds.PatientID) for ds in sources} | {str(ds.PatientName) for ds in sources})
+    assert len(identities) == 2 * len(sources) and all(len(identity) >= 8 for identity in identities)
+    source_bytes = b"".join(p.read_bytes() for p in hospital.data.rglob("*.dcm"))
+    assert all(identity.encode() in source_bytes for identity in identities), "the check would see a leak"
+    checked = assert_no_identity(identities, [*drawn, printed], [hospital.manifest, hospital.root / "run", out])
+    assert checked > 10 and drawn
 
 
 def test_cross_validation_tests_every_patient_once(hospital, tmp_path, capsys):
