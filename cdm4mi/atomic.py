@@ -15,16 +15,49 @@ def check_writable(path: str | Path, overwrite: bool = False, option: str = "--o
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{option}: {path} already exists (pass --overwrite to replace it)")
+    blocker = next((parent for parent in path.absolute().parents if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{option}: {path} cannot be written: {blocker} is a file, not a folder")
     return path
 
 
 def refuse_input_overlap(input_path: str | Path, output: str | Path, option: str = "--output") -> None:
     """Refuse an output that is the input, lies inside it, or is a folder holding it: replacing such an
     output (``--overwrite``) would delete the input."""
-    source, target = Path(input_path).resolve(), Path(output).resolve()
+    # realpath, unlike Path.resolve, does not raise on a loop of symbolic links (the reader reports those)
+    source, target = Path(os.path.realpath(input_path)), Path(os.path.realpath(output))
     if target == source or source in target.parents or target in source.parents:
         raise ValueError(f"{option}: {output} is, holds or lies inside the input {input_path}; "
                          "cdm4mi never writes over its input")
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | Path, overwrite: bool = False, option: str = "--out") -> Iterator[Path]:
+    """Yield an empty temporary folder for results that belong in ``folder``; on success each of its entries
+    moves into ``folder`` (created then), replacing an entry of that name only with ``overwrite``.
+
+    The temporary folder lies in the nearest existing folder above ``folder``, so a failed run (any exception)
+    leaves no trace: not even an empty ``folder`` or a parent of it.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option}: {folder} is a file, not a folder")
+    check_writable(folder, overwrite=True, option=option)  # no file where a parent folder must go
+    anchor = next(parent for parent in folder.absolute().parents if parent.is_dir())
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=anchor))
+    try:
+        yield stage
+        entries = sorted(stage.iterdir())
+        for entry in entries:
+            check_writable(folder / entry.name, overwrite, option)
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in entries:
+            destination = folder / entry.name
+            if destination.is_dir() and not destination.is_symlink():
+                shutil.rmtree(destination)
+            os.replace(entry, destination)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextlib.contextmanager

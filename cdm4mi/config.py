@@ -7,6 +7,7 @@ constructor when it is built. Any unknown key or wrong type is a ``ValueError`` 
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +111,28 @@ class Config(_Section):
         return block
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key repeated in one mapping: PyYAML would keep the last value silently."""
+
+
+def _mapping_without_repeats(loader: _ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' may repeat keys: that is its purpose
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):
+            continue  # construct_mapping reports it
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                problem=f"key '{key}' appears twice in one mapping (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["training.max_steps=200", "network.base_channels=32"]`` -> nested dict; values are YAML."""
     nested: dict[str, Any] = {}
@@ -123,7 +146,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override '{override}': '{part}' is set both as a value and as a section")
-        node[leaf] = yaml.safe_load(raw) if raw else None
+        node[leaf] = yaml.load(raw, Loader=_ConfigLoader) if raw else None
     return nested
 
 
@@ -170,12 +193,18 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """One YAML config merged over its ``base`` chain; ``chain`` holds the files that led here (cycles)."""
     option = "--config" if not chain else f"{chain[-1]}: base"
+    if path.is_dir():
+        raise ValueError(f"{option}: {path} is a folder, not a config file")
     if not path.is_file():
         raise ValueError(f"{option}: file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)
+    except UnicodeDecodeError:
+        raise ValueError(f"{option}: {path} is not a YAML text file (not UTF-8)") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{option}: {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if raw is None:
+        raise ValueError(f"{option}: {path} is empty; a config needs at least the network and data sections")
     if not isinstance(raw, dict):
         raise ValueError(f"{option}: {path} must hold a mapping of sections, not {type(raw).__name__}")
     base = raw.pop("base", None)

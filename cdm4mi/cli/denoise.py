@@ -124,17 +124,23 @@ def describe_metadata(result: DenoiseResult) -> str:
 def check_compatible(scan: Scan, module, checkpoint: str) -> None:
     """The checkpoint is a denoiser for this kind of scan: trained on paired scans, of the input's modality
     (NIfTI carries none: the model's is used), and 2D or the input has the depth a 3D model needs."""
+    check_denoiser(module, checkpoint, scan.modality, "the input")
+    if module.card["data_mode"] == "3d" and scan.array.shape[0] < 2:
+        raise ValueError(f"--input: {scan.array.shape[0]} slice, but {checkpoint} is a 3D model that needs a volume; "
+                         "use a 2D model for single slices")
+
+
+def check_denoiser(module, checkpoint: str, modality: str, what: str) -> None:
+    """The checkpoint was trained to denoise scans of ``modality`` ('OT': unknown, accepted); ``what`` names
+    the data in the message ("the input", "the manifest ...")."""
     card = module.card
     if card["task"] != "denoise":
         raise ValueError(f"--checkpoint: {checkpoint} was trained to generate samples of data '{card['data']}', "
                          "not to denoise scans (train on paired_scans data)")
     trained_on = card["modality"] or ("CT" if model_normalization(module).name == "hu_window" else "MR")
-    if scan.modality not in (trained_on, "OT"):
+    if modality not in (trained_on, "OT"):
         raise ValueError(f"--checkpoint: {checkpoint} was trained on {trained_on} "
-                         f"({model_normalization(module).name} normalization) but the input is {scan.modality}")
-    if card["data_mode"] == "3d" and scan.array.shape[0] < 2:
-        raise ValueError(f"--input: {scan.array.shape[0]} slice, but {checkpoint} is a 3D model that needs a volume; "
-                         "use a 2D model for single slices")
+                         f"({model_normalization(module).name} normalization) but {what} is {modality}")
 
 
 def deidentifier(args: argparse.Namespace, input_path: Path, output: Path) -> Deidentifier | None:

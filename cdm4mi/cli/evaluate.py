@@ -17,9 +17,13 @@ figures. ``--folds K --config C`` instead trains and evaluates K patient-level f
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
-from cdm4mi.atomic import check_writable
+from cdm4mi.atomic import check_writable, staged_folder
+from cdm4mi.cli.denoise import check_denoiser
 from cdm4mi.config import load_config
 from cdm4mi.data.manifest import load_manifest, save_manifest
 from cdm4mi.evaluation.folds import fold_manifests
@@ -73,34 +77,59 @@ def run(args: argparse.Namespace) -> int:
     evaluate = dict(window=window, use_body_mask=args.body_mask, denoise_options=options)
     if args.folds is None:
         module = load_module(args.checkpoint)
-        result = evaluate_heldout(module, manifest, args.split, figures_dir=out / "figures", **evaluate)
-    else:
-        result = cross_validate(args, manifest, out, evaluate)
-    return report(result, out, window, args)
+        check_denoiser(module, args.checkpoint, manifest.modality, f"the manifest {manifest.path}")
+        with staged_folder(out, overwrite=True) as stage:  # metrics.csv was checked above; figures go with it
+            result = evaluate_heldout(module, manifest, args.split, figures_dir=stage / "figures", **evaluate)
+            return report(result, stage, out, window, args)
+    load_config(args.config, fold_overrides(args, out / "fold1"))  # a bad config fails before any fold is made
+    folds = fold_manifests(manifest, args.folds, seed=args.seed)
+    with staged_folder(out, overwrite=True) as stage, removed_on_failure([out / f"fold{k + 1}" for k in range(len(folds))]):
+        result = cross_validate(args, folds, out, stage, evaluate)
+        return report(result, stage, out, window, args)
 
 
-def cross_validate(args: argparse.Namespace, manifest, out: Path, evaluate: dict) -> HeldOutResult:
+def fold_overrides(args: argparse.Namespace, fold_dir: Path) -> list[str]:
+    return [*args.overrides, f"data.manifest={fold_dir / 'manifest.json'}", f"output_dir={fold_dir / 'run'}"]
+
+
+@contextlib.contextmanager
+def removed_on_failure(folders: list[Path]) -> Iterator[None]:
+    """If the block fails, delete what it created of ``folders`` (a fold's manifest and training run), with
+    any parent folders made for them (``--out`` itself)."""
+    made = {next(path for path in (*reversed(folder.absolute().parents), folder.absolute()) if not path.exists())
+            for folder in folders if not folder.exists()}
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def cross_validate(args: argparse.Namespace, folds: list, out: Path, stage: Path, evaluate: dict) -> HeldOutResult:
+    """Train on each fold (its manifest and run under ``out/fold<k>``) and score its test patients; the figures
+    go to ``stage``."""
     pooled = HeldOutResult()
-    for k, fold in enumerate(fold_manifests(manifest, args.folds, seed=args.seed)):
+    for k, fold in enumerate(folds):
         fold_dir = out / f"fold{k + 1}"
-        fold_manifest = save_manifest(fold, fold_dir / "manifest.json", overwrite=args.overwrite)
-        config = load_config(args.config, [*args.overrides, f"data.manifest={fold_manifest}",
-                                           f"output_dir={fold_dir / 'run'}"])
-        fit(config)
+        save_manifest(fold, fold_dir / "manifest.json", overwrite=args.overwrite)
+        config = load_config(args.config, fold_overrides(args, fold_dir))
+        fit(config, overwrite=args.overwrite and (fold_dir / "run" / CHECKPOINT_DIR / LAST_CHECKPOINT).exists())
         module = load_module(fold_dir / "run" / CHECKPOINT_DIR / LAST_CHECKPOINT)
-        fold_result = evaluate_heldout(module, fold, "test", figures_dir=out / "figures", **evaluate)
+        fold_result = evaluate_heldout(module, fold, "test", figures_dir=stage / "figures", **evaluate)
         pooled.rows += [{**row, "fold": k + 1} for row in fold_result.rows]
         pooled.figures += fold_result.figures
         pooled.warm_starts.update(fold_result.warm_starts)
     return pooled
 
 
-def report(result: HeldOutResult, out: Path, window: tuple[float, float], args: argparse.Namespace) -> int:
+def report(result: HeldOutResult, stage: Path, out: Path, window: tuple[float, float], args: argparse.Namespace) -> int:
+    """Write the report into ``stage`` (moved to ``out`` once this returns) and print it with the final paths."""
     split_label = args.split if args.folds is None else f"{args.folds}-fold cross-validation"
-    written = write_heldout_report(result, out, window, split_label, args.body_mask, args.seed)
+    written = write_heldout_report(result, stage, window, split_label, args.body_mask, args.seed)
     print(written.table)
     for path in written.files:
-        print(f"wrote: {path}")
+        print(f"wrote: {out / path.relative_to(stage)}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -14,6 +15,7 @@ SUBCOMMANDS = (simulate, manifest, train, sample, denoise, evaluate, demo)
 USER_ERRORS = (ValueError, OSError)
 
 
+@functools.cache  # built once per process: main() may run many times in one (tests, notebooks)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdm4mi", description="Conditional diffusion models for medical imaging (MONAI + Lightning)."
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # MONAI's DICOM reader warns on every CPU machine that the GPU decoder is absent: not the user's problem.
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    # nibabel logs each NIfTI header field it repairs, without naming the file; one it cannot read is our error.
+    logging.getLogger("nibabel").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

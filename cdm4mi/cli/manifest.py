@@ -37,6 +37,8 @@ _EPILOG = """layouts:
   dicom  DICOM files anywhere under <root>, one series per folder, grouped by PatientID; the low-dose series
          is the one whose SeriesDescription has an input keyword as a word, the full-dose one a target keyword.
   auto   nifti if any sub-folder of <root> holds such NIfTI files, else dicom.
+Every pair is read once to check that both scans load and share a voxel grid (a damaged or mismatched pair is
+an error, or with --skip-incomplete left out).
 Patients are stored under pseudonyms P + 10 hex digits of HMAC-SHA256(salt, PatientID or folder name).
 Keep the salt file and the id map private and apart from the manifest."""
 
@@ -69,7 +71,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-keywords", default=",".join(DEFAULT_TARGET_KEYWORDS),
                         help="words marking the full-dose DICOM series (default full,normal,fd)")
     parser.add_argument("--skip-incomplete", action="store_true",
-                        help="leave out patients without exactly one pair (each is reported) instead of failing")
+                        help="leave out patients without exactly one usable pair (each is reported) instead of failing")
     parser.add_argument("--allow-ids-in-paths", action="store_true",
                         help="accept DICOM folders whose path holds the PatientID or name")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --out and --id-map files")

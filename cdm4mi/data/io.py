@@ -7,9 +7,10 @@ an axial ``array[d]`` looks as it does in a DICOM viewer (anterior up, patient's
 and equals the stored pixels of an axial slice with the usual ImageOrientationPatient ``1\\0\\0\\0\\1\\0``.
 ``Scan.affine`` maps an index ``(d, h, w, 1)`` to RAS+ world millimetres, the NIfTI/nibabel/MONAI convention.
 
-Pixel decoding and the classic RescaleSlope/RescaleIntercept go through MONAI's ``LoadImage`` with
-``PydicomReader`` (ITK's Python package, which ``ITKReader`` needs, is not a dependency). Series selection,
-slice order and geometry are done here with pydicom, because MONAI 1.6's ``PydicomReader``
+NIfTI goes through MONAI's ``NibabelReader``. DICOM pixel decoding and the classic RescaleSlope/RescaleIntercept
+go through MONAI's ``LoadImage`` with ``PydicomReader`` (ITK's Python package, which ``ITKReader`` needs, is not
+a dependency). Series selection, slice order and geometry are done here with pydicom, because MONAI 1.6's
+``PydicomReader``
 
 * stacks every DICOM file of a folder, mixing series, orders slices by InstanceNumber and drops slices
   without one;
@@ -23,6 +24,7 @@ Errors are one-line ``ValueError`` naming the file; no message or warning carrie
 from __future__ import annotations
 
 import functools
+import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -40,6 +42,7 @@ import torch
 from monai.data import MetaTensor, NibabelReader, PydicomReader
 from monai.data.utils import affine_to_spacing, orientation_ras_lps
 from monai.transforms import LoadImage, Orientation, ResampleToMatch, Spacing
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 
@@ -116,6 +119,8 @@ def load_scan(path: str | Path, series_uid: str | None = None, modality: str | N
     if modality is not None and not re.fullmatch(r"[A-Z0-9 _]{1,16}", modality.upper()):
         raise ValueError(f"modality must be a DICOM Modality code such as 'CT' or 'MR', got {modality!r}")
     modality = modality.upper() if modality else None
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{path}: broken symbolic link (to {os.readlink(path)}: missing, or a loop of links)")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -183,19 +188,14 @@ def _dicom_loader() -> LoadImage:
         return LoadImage(reader=PydicomReader(swap_ij=False), image_only=True, dtype=np.float32)
 
 
-@functools.cache
-def _nifti_loader() -> LoadImage:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return LoadImage(reader=NibabelReader(), image_only=True, dtype=np.float32)
-
-
 def _load_nifti(path: Path, modality: str | None) -> Scan:
+    # MONAI's NibabelReader called directly: LoadImage would hide nibabel's error behind "no suitable reader".
+    reader = NibabelReader()
     try:
-        image = _nifti_loader()(str(path))
+        array, meta = reader.get_data(reader.read(str(path)))
     except Exception as err:  # nibabel raises many types for corrupt or foreign files
         raise ValueError(f"{path}: unreadable NIfTI file ({_one_line(err)})") from None
-    array = image.as_tensor().numpy()
+    array, affine = np.asarray(array, dtype=np.float32), np.asarray(meta["affine"], dtype=np.float64)
     while array.ndim > 3 and array.shape[-1] == 1:  # NIfTI keeps unit time/vector dimensions
         array = array[..., 0]
     if array.ndim == 2:
@@ -203,8 +203,9 @@ def _load_nifti(path: Path, modality: str | None) -> Scan:
     if array.ndim != 3:
         raise ValueError(f"{path}: {array.ndim}D image of shape {tuple(array.shape)} where a 3D volume is expected; "
                          "split it into 3D volumes first")
-    source_axcodes = "".join(nib.aff2axcodes(image.affine.numpy()))
-    array, affine = reorient(array, image.affine.numpy(), CANONICAL_AXCODES)
+    _check_grid(path, array, affine)
+    source_axcodes = "".join(nib.aff2axcodes(affine))
+    array, affine = reorient(array, affine, CANONICAL_AXCODES)
     _check_finite(path, array)
     return Scan(array, affine, _spacing(affine), modality or "OT", "nifti", None, source_axcodes)
 
@@ -219,10 +220,30 @@ def _read_header(path: Path) -> Dataset:
         raise ValueError(f"{path}: unreadable DICOM file ({_one_line(err)})") from None
 
 
+def is_dicom_file(path: Path) -> bool:
+    """True for a DICOM Part-10 file, False for anything else in a scan folder (folders, notes, thumbnails).
+
+    Raises:
+        ValueError: ``path`` is a broken symbolic link, or named ``.dcm`` but not DICOM (a damaged or empty
+            slice: skipping it would silently drop a slice of the series).
+    """
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{path}: broken symbolic link (to {os.readlink(path)}: missing, or a loop of links)")
+    if not path.is_file():
+        return False
+    if pydicom.misc.is_dicom(path):
+        return True
+    if path.suffix.lower() == ".dcm":
+        size = path.stat().st_size
+        raise ValueError(f"{path}: named .dcm but not a DICOM Part-10 file (no 'DICM' marker; {size} bytes): "
+                         "a damaged or empty slice")
+    return False
+
+
 def _dicom_images(folder: Path) -> list[tuple[Path, Dataset]]:
     """(path, header) of the DICOM image files directly inside ``folder``, by file name."""
     entries = sorted(folder.iterdir())
-    headers = [(p, _read_header(p)) for p in entries if p.is_file() and pydicom.misc.is_dicom(p)]
+    headers = [(p, _read_header(p)) for p in entries if is_dicom_file(p)]
     images = [(p, ds) for p, ds in headers if "Rows" in ds]  # DICOMDIR, SR and RT objects hold no image
     if not images:
         subfolders = sum(p.is_dir() for p in entries)
@@ -270,6 +291,7 @@ def _load_dicom(where: Path, files: list[tuple[Path, Dataset]], source: str, mod
         pixels = pixels[order]
     else:
         pixels = np.stack([_decode(*files[i])[0] for i in order])
+    _check_grid(where, pixels, native_affine)
     array, affine = reorient(pixels, native_affine, CANONICAL_AXCODES)
     _check_finite(where, array)
     header = Dataset({tag: element for tag, element in first.items() if tag not in _PIXEL_TAGS})
@@ -280,14 +302,19 @@ def _load_dicom(where: Path, files: list[tuple[Path, Dataset]], source: str, mod
 def _decode(path: Path, ds: Dataset) -> np.ndarray:
     """Pixel values of one file as float32 ``[frames, rows, columns]``, rescaled (HU for CT)."""
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-        raise ValueError(f"{path}: no pixel data (the file has no PixelData element)")
+        raise ValueError(f"{path}: no pixel data (the file has no PixelData element: not an image, or cut short)")
     if "ModalityLUTSequence" in ds:  # neither MONAI nor this module applies a lookup-table modality LUT
         raise ValueError(f"{path}: pixel values are mapped by a Modality LUT Sequence, which is not supported")
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if not _is_finite_number(ds.get(keyword, 0)):
+            raise ValueError(f"{path}: {keyword} {ds.get(keyword)!r} is not a finite number")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise ValueError(f"{path}: colour images (SamplesPerPixel {ds.SamplesPerPixel}) are not supported")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is not None:
         _check_decoder(path, syntax)
+    if syntax is None or not syntax.is_compressed:
+        _check_native_length(path, ds)
     try:
         with warnings.catch_warnings():
             # MONAI cannot build an affine for multi-frame files; _stack_geometry builds it instead.
@@ -312,6 +339,29 @@ def _check_decoder(path: Path, syntax: pydicom.uid.UID) -> None:
         plugins = "; ".join(decoder.missing_dependencies)
         raise ValueError(f"{path}: pixel data are compressed as {syntax.name} ({syntax}) and no decoder for it is "
                          f"installed; install one of: {plugins}")
+
+
+def _check_native_length(path: Path, ds: Dataset) -> None:
+    """Uncompressed pixel data hold exactly Rows x Columns x frames x samples x BitsAllocated bits (plus one
+    byte padding an odd length). Fewer bytes: a file cut short. More: a damaged length or image header, which
+    pydicom would only warn about before decoding the leading bytes into a wrong image."""
+    keyword = next(keyword for keyword in _PIXEL_KEYWORDS if keyword in ds)
+    bits = {"PixelData": int(ds.get("BitsAllocated", 0) or 0), "FloatPixelData": 32, "DoubleFloatPixelData": 64}[keyword]
+    pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * _frame_count(ds) * int(
+        ds.get("SamplesPerPixel", 1) or 1)
+    expected = (pixels * bits + 7) // 8
+    element = ds.get_item(keyword)
+    if isinstance(element, RawDataElement) and element.value is None and element.length:
+        # deferred (large): the length the header declares, or the bytes the file holds after it if fewer
+        present = min(element.length, max(0, path.stat().st_size - element.value_tell))
+    else:
+        present = len(element.value or b"")
+    if expected == 0 or present < expected:
+        raise ValueError(f"{path}: {keyword} holds {present} bytes where Rows, Columns, frames and BitsAllocated need "
+                         f"{expected}: the file is cut short or its image header is damaged")
+    if present > expected + expected % 2:
+        raise ValueError(f"{path}: {keyword} holds {present} bytes but Rows, Columns, frames and BitsAllocated give "
+                         f"{expected}: its length or image header is damaged")
 
 
 def _apply_frame_rescale(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -404,7 +454,8 @@ def _uniform_step(where: Path, positions: np.ndarray, normal: np.ndarray, single
         return normal * single_slice_mm
     gaps = np.diff(positions @ normal)
     if gaps.min() < 1e-3:
-        raise ValueError(f"{where}: {int(np.sum(gaps < 1e-3)) + 1} slices share a position "
+        _, counts = np.unique(np.round(positions @ normal, 3), return_counts=True)
+        raise ValueError(f"{where}: {counts[counts > 1].sum()} slices share a position with another slice "
                          "(several phases or echoes in one series?); split them into separate series")
     step = (positions[-1] - positions[0]) / (len(positions) - 1)
     expected = positions[0] + np.arange(len(positions))[:, None] * step
@@ -412,6 +463,15 @@ def _uniform_step(where: Path, positions: np.ndarray, normal: np.ndarray, single
         raise ValueError(f"{where}: uneven slice spacing ({gaps.min():.3f} to {gaps.max():.3f} mm; missing slices?), "
                          "which is not supported")
     return step
+
+
+def _check_grid(where: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Voxels exist and the affine maps them to distinct places (finite, non-zero voxel sizes)."""
+    if array.size == 0:
+        raise ValueError(f"{where}: the image has no voxels (shape {tuple(array.shape)})")
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        sizes = np.linalg.norm(affine[:3, :3], axis=0) if np.isfinite(affine).all() else "not finite"
+        raise ValueError(f"{where}: voxel sizes {sizes} mm: the geometry in its header (affine, spacing) is damaged")
 
 
 def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -422,6 +482,13 @@ def _check_finite(where: Path, array: np.ndarray) -> None:
     bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
     if bad:
         raise ValueError(f"{where}: {bad} voxels are NaN or Inf")
+
+
+def _is_finite_number(value: object) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
 
 
 def _frame_count(ds: Dataset) -> int:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-
 from cdm4mi.atomic import atomic_output, check_writable
 from cdm4mi.data.registry import SPLITS
 
@@ -101,6 +100,8 @@ def load_manifest(path: str | Path, root: str | Path | None = None, check_files:
             absolute paths or paths leaving the root ('..'), missing files.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give the manifest file (JSON) written by cdm4mi manifest")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such manifest file")
     try:
@@ -109,6 +110,8 @@ def load_manifest(path: str | Path, root: str | Path | None = None, check_files:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 text file") from None
+    except ValueError as err:  # a repeated key (_no_duplicate_keys)
+        raise ValueError(f"{path}: {err}") from None
     modality, patients, root_field = _parse(raw, str(path))
     manifest = Manifest(modality, patients, _resolve_root(path, root, root_field), path)
     _check_consistent(manifest.patients, str(path))

@@ -42,7 +42,7 @@ from monai.transforms import Compose, RandSpatialCropd, Transform
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from cdm4mi.data.io import load_scan, resample_to
+from cdm4mi.data.io import Scan, load_scan, resample_to
 from cdm4mi.data.manifest import Manifest, load_manifest
 from cdm4mi.data.metadata import check_fields, encode_metadata, resolve_metadata
 from cdm4mi.data.noise_estimate import estimate_noise_std
@@ -126,6 +126,22 @@ def recipe(normalization: Mapping[str, Any] | None, modality: str) -> Normalizat
         raise ValueError(f"data.normalization: {err}") from None
 
 
+def check_pair(scan_input: Scan, target: Scan, where: str) -> None:
+    """A low-dose input and its full-dose target share the voxel grid (shape, and affine within
+    ``AFFINE_TOLERANCE_MM``) and, for DICOM, the PatientID (compared, never shown). ``where`` starts the message."""
+    if scan_input.array.shape != target.array.shape:
+        raise ValueError(f"{where}: input shape {scan_input.array.shape} and target shape "
+                         f"{target.array.shape} differ (voxels, [D, H, W])")
+    gap = float(np.abs(scan_input.affine - target.affine).max())
+    if gap > AFFINE_TOLERANCE_MM:
+        raise ValueError(f"{where}: input and target affines differ by up to {gap:.3g} mm: input "
+                         f"{_one_line(scan_input.affine)}, target {_one_line(target.affine)}")
+    identities = [scan.dicom_reference.header.get("PatientID") for scan in (scan_input, target)
+                  if scan.dicom_reference is not None]
+    if len(identities) == 2 and all(identities) and identities[0] != identities[1]:
+        raise ValueError(f"{where}: input and target have different PatientIDs: scans of two patients")
+
+
 class LoadNormalizedPair(Transform):
     """A manifest record ``{patient_id, input, target, modality, metadata}`` -> both volumes in model units.
 
@@ -147,13 +163,7 @@ class LoadNormalizedPair(Transform):
         if self.spacing_mm is not None:
             scan_input, target = resample_to(scan_input, self.spacing_mm), resample_to(target, self.spacing_mm)
         patient = f"{self.where}: patient {record['patient_id']}"
-        if scan_input.array.shape != target.array.shape:
-            raise ValueError(f"{patient}: input shape {scan_input.array.shape} and target shape "
-                             f"{target.array.shape} differ (voxels, [D, H, W])")
-        gap = float(np.abs(scan_input.affine - target.affine).max())
-        if gap > AFFINE_TOLERANCE_MM:
-            raise ValueError(f"{patient}: input and target affines differ by up to {gap:.3g} mm: input "
-                             f"{_one_line(scan_input.affine)}, target {_one_line(target.affine)}")
+        check_pair(scan_input, target, patient)
         fitted = self.normalization.fit(scan_input.array)
         loaded = {
             "patient_id": record["patient_id"],
@@ -284,7 +294,7 @@ class PairedScans(Dataset):
         if self._crop is not None or self.patch_size is None:  # the random crop places training patches
             window = (slice(None),) * 3
         else:
-            window = tuple(slice(s, s + n) for s, n in zip(start, self.patch_size))
+            window = tuple(slice(s, s + n) for s, n in zip(start, self.patch_size, strict=True))
         return {
             "x0": torch.from_numpy(volume["target"][window][None]),  # views: copied once cropped
             "cond": torch.from_numpy(volume["input"][window][None]),
@@ -304,9 +314,9 @@ class PairedScans(Dataset):
     def _check_patch_size(self, shapes: list[tuple[int, ...]]) -> None:
         if self.patch_size is None:
             return
-        for patient, shape in zip(self.patient_ids, shapes):
+        for patient, shape in zip(self.patient_ids, shapes, strict=True):
             spatial = shape if self.mode == "3d" else shape[1:]
-            if any(p > s for p, s in zip(self.patch_size, spatial)):
+            if any(p > s for p, s in zip(self.patch_size, spatial, strict=True)):
                 raise ValueError(f"data.patch_size: {list(self.patch_size)} is larger than the "
                                  f"{'volume' if self.mode == '3d' else 'slices'} of patient {patient} "
                                  f"({list(spatial)} voxels)")
@@ -322,7 +332,7 @@ class PairedScans(Dataset):
             elif self.split == "train":
                 rows.extend((v, 0, 0, 0) for _ in range(patches_per_volume))  # placed by the random crop
             else:
-                grid = [_grid_starts(s, p) for s, p in zip(shape, self.patch_size)]
+                grid = [_grid_starts(s, p) for s, p in zip(shape, self.patch_size, strict=True)]
                 rows.extend((v, d, h, w) for d in grid[0] for h in grid[1] for w in grid[2])
         return np.asarray(rows, dtype=np.int64)
 

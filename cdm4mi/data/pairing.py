@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-import pydicom.errors
-import pydicom.misc
 
 from cdm4mi.atomic import atomic_output, check_writable
+from cdm4mi.data.io import is_dicom_file, load_scan
 from cdm4mi.data.manifest import Manifest, PatientEntry, parse_dose_fraction, parse_modality
+from cdm4mi.data.paired import check_pair
 from cdm4mi.data.registry import SPLITS
 
 LAYOUTS = ("auto", "nifti", "dicom")
@@ -187,6 +187,10 @@ def scan_folder(root: str | Path, layout: str = "auto", input_keywords: Sequence
       as a word is refused unless ``allow_ids_in_paths``: the manifest would reveal who it is.
     * ``auto``: ``nifti`` if any sub-folder of ``root`` holds one of those NIfTI files, else ``dicom``.
 
+    Every pair found is then read once (``load_scan``) and its input and target must share a voxel grid
+    (``cdm4mi.data.paired.check_pair``), so a damaged, empty, 4D or mismatched scan is reported here rather
+    than when training starts. Links to folders are followed; a link to a folder holding it is refused.
+
     A patient without exactly one input and one target (or one whose pair fails the checks above) is an
     error, or with ``skip_incomplete`` left out and described in ``FolderScan.skipped``. Messages name
     folders and SeriesDescriptions, with any PatientID or PatientName part in them masked as '<patient>'.
@@ -207,6 +211,9 @@ def scan_folder(root: str | Path, layout: str = "auto", input_keywords: Sequence
     else:
         pairs, problems = _scan_dicom(root, input_words, target_words, allow_ids_in_paths)
         looked_for = "DICOM low-dose/full-dose series pairs"
+    if not problems or skip_incomplete:  # reading every scan is the slow part: only when it can matter
+        pairs, unusable = _loadable_pairs(root, pairs, stop_at_first=not skip_incomplete)
+        problems += unusable
     if problems and not skip_incomplete:
         more = f" ({len(problems)} patients have problems; this is the first)" if len(problems) > 1 else ""
         raise ValueError(f"{problems[0]}{more}; fix the data or pass --skip-incomplete to leave such patients out")
@@ -216,6 +223,24 @@ def scan_folder(root: str | Path, layout: str = "auto", input_keywords: Sequence
     if len(modalities) > 1:
         raise ValueError(f"--root: {root} holds {' and '.join(modalities)} pairs; make one manifest per modality")
     return FolderScan(layout, pairs, problems)
+
+
+def _loadable_pairs(root: Path, pairs: list[FoundPair], stop_at_first: bool) -> tuple[list[FoundPair], list[str]]:
+    """The pairs whose scans load and share a voxel grid (each read once, then dropped), and a problem line
+    for each other one (or only the first), with the patient's identifiers masked."""
+    usable, problems = [], []
+    for pair in pairs:
+        if problems and stop_at_first:
+            break
+        try:
+            scan_input = load_scan(root / pair.input, modality=pair.modality)
+            target = load_scan(root / pair.target, modality=pair.modality)
+            check_pair(scan_input, target, f"{root}: the pair {pair.input} (input), {pair.target} (target)")
+        except (ValueError, OSError) as error:
+            problems.append(_mask(" ".join(str(error).split()), pair.patient_key, ""))
+            continue
+        usable.append(pair)
+    return usable, problems
 
 
 def build_manifest(scan: FolderScan, root: str | Path, salt: bytes, fractions: Sequence[float] = DEFAULT_FRACTIONS,
@@ -333,10 +358,8 @@ def _dicom_series(root: Path) -> dict[str, _Series]:
     """SeriesInstanceUID -> its folder and tags, from the headers of every DICOM image file under ``root``."""
     series: dict[str, _Series] = {}
     folders: dict[Path, set[str]] = {}
-    for path in sorted(root.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(root).parts) or not path.is_file():
-            continue
-        if not pydicom.misc.is_dicom(path):
+    for path in _files_under(root):
+        if not is_dicom_file(path):
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_DICOM_TAGS)
@@ -371,6 +394,21 @@ def _dicom_series(root: Path) -> dict[str, _Series]:
             raise ValueError(_mask(f"{folder}: holds {len(uids)} DICOM series; put each series in a folder of its own",
                                    first.patient_key, first.patient_name))
     return series
+
+
+def _files_under(root: Path) -> list[Path]:
+    """Every file under ``root`` outside hidden folders, sorted, following links to folders (a data folder
+    linked in); a link to a folder holding it is refused, it would repeat the tree without end."""
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in subfolders:
+            if (here / name).is_symlink() and here.resolve().is_relative_to((here / name).resolve()):
+                raise ValueError(f"{here / name}: symbolic link loop (it links to {(here / name).resolve()}, a "
+                                 "folder holding it); remove the link")
+        found += [here / name for name in files if not name.startswith(".")]
+    return sorted(found)
 
 
 def _pair_problem(root: Path, candidates: list[_Series], inputs: list[_Series], targets: list[_Series]) -> str | None:

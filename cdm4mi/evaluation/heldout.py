@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from cdm4mi.data.io import load_scan
 from cdm4mi.data.manifest import Manifest
+from cdm4mi.data.paired import check_pair
 from cdm4mi.evaluation.baselines import gaussian_filter_baseline, low_dose_input, nlm_baseline
 from cdm4mi.evaluation.medical_figures import save_patient_metric_plot, save_slice_comparison
 from cdm4mi.evaluation.metrics import body_mask, evaluate_patient
@@ -53,8 +54,7 @@ def evaluate_heldout(
     for entry in tqdm(patients, desc=f"evaluating {split}", unit="patient", disable=not progress):
         low = load_scan(manifest.input_path(entry))
         full = load_scan(manifest.target_path(entry))
-        if low.array.shape != full.array.shape:
-            raise ValueError(f"patient {entry.patient_id}: input {low.array.shape} and target {full.array.shape} differ")
+        check_pair(low, full, f"{manifest.path}: patient {entry.patient_id}")
         # The manifest's metadata (dose fraction...) is what the model was trained with for this patient.
         options = {"metadata": entry.metadata, **(denoise_options or {})}
         denoised = denoise_scan(module, low, progress=False, **options)

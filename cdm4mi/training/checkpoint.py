@@ -32,6 +32,11 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
     config = hyper_parameters.get("config") if isinstance(hyper_parameters, dict) else None
     if not isinstance(config, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"--checkpoint: {path} holds no cdm4mi config and weights")
+    broken = [name for name, value in checkpoint["state_dict"].items()
+              if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise ValueError(f"--checkpoint: {path} has NaN or Inf weights ({len(broken)} tensors, e.g. {broken[0]}): "
+                         "its training diverged; use an earlier checkpoint")
     card = checkpoint.get("cdm4mi") if isinstance(checkpoint.get("cdm4mi"), dict) else {}
     written_by = f"written by cdm4mi {card.get('version', 'before 0.1')}, this is {cdm4mi.__version__}"
     try:

@@ -45,12 +45,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def load_error(error: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` failed, in a few words: the code a pickle payload names, or the
-    first line of torch's message."""
+    first line (sentence, if long; with the next line if it ends with ':') of torch's message."""
     text = str(error).strip()
     payload = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if payload:
         return f"it carries code ({payload.group(1)}), which cdm4mi never unpickles"
-    return text.splitlines()[0] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0]
+    if first.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for ...:" then the keys
+        detail = lines[1]
+        return f"{first} {detail[:200]}{' ...' if len(detail) > 200 else ''}"
+    return first.split(". ")[0] if len(first) > 120 else first  # torch appends paragraphs of advice
 
 
 class RandomState(Callback):
