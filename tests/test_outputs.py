@@ -11,6 +11,7 @@ import torch
 from test_crash_safety import train_args
 from test_io import CT_SMALL
 
+from cdm4mi.atomic import staged_folder
 from cdm4mi.cli.main import main
 
 
@@ -79,3 +80,25 @@ def test_train_refuses_a_run_folder_then_starts_over_with_overwrite(tmp_path, ca
     assert len(list((run_dir / "logs").glob("version_*"))) == 1
     assert main(["train", "--overwrite", "--resume", *train_args(run_dir)[1:]]) == 2
     assert "cannot be combined with --resume" in capsys.readouterr().err
+
+
+def test_staged_folder_moves_results_in_on_success_and_leaves_no_trace_on_failure(tmp_path):
+    out = tmp_path / "new" / "eval"
+    with pytest.raises(RuntimeError), staged_folder(out) as stage:
+        (stage / "metrics.csv").write_text("partial\n")
+        raise RuntimeError("the third patient's scan is damaged")
+    assert list(tmp_path.iterdir()) == []  # not even the parent folder
+    with staged_folder(out) as stage:
+        (stage / "figures").mkdir()
+        (stage / "metrics.csv").write_text("first\n")
+    assert (out / "metrics.csv").read_text() == "first\n" and (out / "figures").is_dir()
+    with pytest.raises(FileExistsError, match="--overwrite"), staged_folder(out) as stage:
+        (stage / "metrics.csv").write_text("second\n")
+    assert (out / "metrics.csv").read_text() == "first\n"
+    with staged_folder(out, overwrite=True) as stage:
+        (stage / "metrics.csv").write_text("second\n")
+    assert (out / "metrics.csv").read_text() == "second\n" and (out / "figures").is_dir()  # others kept
+    assert sorted(path.name for path in out.parent.iterdir()) == ["eval"]  # no stage left over
+    (tmp_path / "a_file").write_text("in the way\n")
+    with pytest.raises(ValueError, match="a_file is a file"), staged_folder(tmp_path / "a_file" / "eval"):
+        pass
