@@ -212,6 +212,8 @@ REFUSALS = {  # name: (arguments, a piece of the one-line message)
                                "lies inside the output"),
     "salt is the input": (["--deidentify", "--output", "{tmp}/dicom", "--salt-file", "{ct}"],
                           "cdm4mi never writes over its input"),
+    "salt inside a git repository": (["--deidentify", "--output", "{tmp}/dicom", "--salt-file", "{tmp}/repo/keys/salt"],
+                                     "lies inside the git working tree"),
 }
 
 
@@ -219,6 +221,7 @@ REFUSALS = {  # name: (arguments, a piece of the one-line message)
 def test_refusals_are_one_line_and_write_nothing(case, checkpoint, other_models, inputs, tmp_path, capsys):
     arguments, expected = REFUSALS[case]
     (tmp_path / "taken_dicom_std").mkdir()
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
     places = {name: str(path) for name, path in {**inputs, **other_models}.items()} | {"tmp": str(tmp_path)}
     before = snapshot(tmp_path)
     status = main(["denoise", "--checkpoint", str(checkpoint), "--input", str(inputs["ct"]),

@@ -192,6 +192,20 @@ def test_manifest_cli_nifti(tmp_path, capsys):
     assert "created" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("option", ["--salt-file", "--id-map"])
+def test_private_files_inside_a_git_repository_are_refused(option, tmp_path, capsys):
+    data, repo = tmp_path / "data", tmp_path / "project"
+    make_nifti_patients(data, count=4)
+    (repo / ".git").mkdir(parents=True)  # a working tree, as git init leaves it
+    private = repo / "keys" / "private.bin"
+    status = main(["manifest", "--root", str(data), "--out", str(tmp_path / "site.json"), option, str(private)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err == (f"cdm4mi manifest: error: {option}: {private} lies inside the git working tree "
+                                   f"{repo}; keep the salt and the ID map outside version control (e.g. in "
+                                   "~/.cdm4mi/ or next to the raw data)")
+    assert not (repo / "keys").exists() and not (tmp_path / "site.json").exists()
+
+
 def test_manifest_cli_without_salt_keeps_the_split(tmp_path, capsys):
     data = tmp_path / "data"
     make_nifti_patients(data, count=5)

@@ -25,6 +25,7 @@ from cdm4mi.data.pairing import (
     SALT_BYTES,
     build_manifest,
     check_fractions,
+    check_outside_version_control,
     load_or_create_salt,
     scan_folder,
     write_id_map,
@@ -40,7 +41,7 @@ _EPILOG = """layouts:
 Every pair is read once to check that both scans load and share a voxel grid (a damaged or mismatched pair is
 an error, or with --skip-incomplete left out).
 Patients are stored under pseudonyms P + 10 hex digits of HMAC-SHA256(salt, PatientID or folder name).
-Keep the salt file and the id map private and apart from the manifest."""
+Keep the salt file and the id map private and apart from the manifest; inside a git working tree they are refused."""
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -93,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable(args.out, args.overwrite)  # fail before scanning a large tree
     if args.id_map:
         check_writable(args.id_map, args.overwrite, option="--id-map")
+        check_outside_version_control(args.id_map, "--id-map")
+    if args.salt_file:
+        check_outside_version_control(args.salt_file, "--salt-file")
     scan = scan_folder(args.root, args.layout, _words(args.input_keywords), _words(args.target_keywords),
                        args.modality, args.skip_incomplete, args.allow_ids_in_paths)
     for line in scan.skipped:

@@ -70,12 +70,24 @@ def pseudonymize(patient_id: str, salt: bytes) -> str:
     return "P" + hmac.new(salt, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:10]
 
 
+def check_outside_version_control(path: str | Path, option: str) -> None:
+    """Refuse a private file (the salt, the ID map) inside a git working tree: one ``git add .`` or ``commit -a``
+    away from being shared with everyone who can read the repository."""
+    path = Path(os.path.abspath(path))
+    tree = next((folder for folder in path.parents if (folder / ".git").exists()), None)
+    if tree is not None:
+        raise ValueError(f"{option}: {path} lies inside the git working tree {tree}; keep the salt and the ID map "
+                         "outside version control (e.g. in ~/.cdm4mi/ or next to the raw data)")
+
+
 def load_or_create_salt(path: str | Path) -> tuple[bytes, bool]:
     """The salt in ``path``; a missing file is created with 32 random bytes, readable by its owner only.
+    ``path`` must lie outside any git working tree (``check_outside_version_control``).
 
     Returns ``(salt, created)``.
     """
     path = Path(path)
+    check_outside_version_control(path, "--salt-file")
     if path.exists():
         if not path.is_file():
             raise ValueError(f"--salt-file: {path} is not a file")
