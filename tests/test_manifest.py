@@ -291,6 +291,22 @@ def test_folder_holding_two_series_is_refused(tmp_path, capsys):
     assert_no_identity(err)
 
 
+@pytest.mark.parametrize(("cut_at", "problem"), [(132, "nothing after the 'DICM' marker (132 bytes)"),
+                                                 (1000, "a CT Image Storage file without Rows and Columns"),
+                                                 (20000, "PixelData holds")])
+def test_a_cut_slice_is_named_not_skipped(cut_at, problem, tmp_path, capsys):
+    """A slice cut short must not silently leave its series one slice short, or the patient without a target."""
+    data = tmp_path / "hospital"
+    make_dicom_patients(data, DICOM_PATIENTS[:1])
+    damaged = data / "study0" / "series_b" / "0001.dcm"
+    damaged.write_bytes(damaged.read_bytes()[:cut_at])
+    assert main(["manifest", "--root", str(data), "--out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cdm4mi manifest: error: {damaged}: {problem}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "m.json").exists()
+    assert_no_identity(err)
+
+
 def test_ambiguous_dicom_patient_is_skipped_with_a_warning(tmp_path, capsys):
     data = tmp_path / "hospital"
     make_dicom_patients(data)

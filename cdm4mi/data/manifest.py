@@ -227,7 +227,9 @@ def _check_files(manifest: Manifest) -> None:
         for role, path in (("input", manifest.input_path(entry)), ("target", manifest.target_path(entry))):
             if not path.exists():
                 relative = entry.input if role == "input" else entry.target
-                raise ValueError(f"{manifest.path}: patient {entry.patient_id}: {role} {relative} not found under "
+                problem = ("is a broken symbolic link (its target is missing, or a loop of links)" if path.is_symlink()
+                           else "not found")
+                raise ValueError(f"{manifest.path}: patient {entry.patient_id}: {role} {relative} {problem} under "
                                  f"the data root {manifest.root}")
 
 

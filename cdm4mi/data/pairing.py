@@ -376,8 +376,10 @@ def _dicom_series(root: Path) -> dict[str, _Series]:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_DICOM_TAGS)
         except Exception as err:  # truncated or corrupt files raise many types
-            raise ValueError(f"{path}: unreadable DICOM header ({type(err).__name__})") from None
-        if "Rows" not in ds:  # DICOMDIR, SR and RT objects hold no image
+            detail = " ".join(str(err).split())[:200]
+            raise ValueError(f"{path}: unreadable DICOM header ({type(err).__name__}: {detail})") from None
+        if "Rows" not in ds:  # DICOMDIR, SR and RT objects hold no image; a damaged image file is refused
+            _check_not_a_cut_image(path, ds)
             continue
         uid, patient_key = str(ds.get("SeriesInstanceUID", "") or ""), str(ds.get("PatientID", "") or "").strip()
         patient_name = str(ds.get("PatientName", "") or "")
@@ -406,6 +408,18 @@ def _dicom_series(root: Path) -> dict[str, _Series]:
             raise ValueError(_mask(f"{folder}: holds {len(uids)} DICOM series; put each series in a folder of its own",
                                    first.patient_key, first.patient_name))
     return series
+
+
+def _check_not_a_cut_image(path: Path, ds: pydicom.Dataset) -> None:
+    """A DICOM file without Rows is fine when it is no image (DICOMDIR, SR, RT plan); an image file (by its
+    SOP class) without Rows, or a file with nothing after its 'DICM' marker, is damaged: skipping it would
+    silently drop a slice or a whole series."""
+    sop_class = (getattr(ds, "file_meta", None) or {}).get("MediaStorageSOPClassUID")
+    if sop_class is None and len(ds) == 0:
+        raise ValueError(f"{path}: nothing after the 'DICM' marker ({path.stat().st_size} bytes): the file is cut short")
+    name = sop_class.name if isinstance(sop_class, pydicom.uid.UID) else ""
+    if "Image Storage" in name:
+        raise ValueError(f"{path}: a {name} file without Rows and Columns: its header is cut short or damaged")
 
 
 def _files_under(root: Path) -> list[Path]:

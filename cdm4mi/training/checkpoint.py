@@ -24,6 +24,8 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--checkpoint: file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"--checkpoint: {path} is empty (0 bytes): a copy or save that did not finish")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files

@@ -44,20 +44,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_error(error: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in a few words: the code a pickle payload names, or the
-    first line (sentence, if long; with the next line if it ends with ':') of torch's message."""
+    """Why ``torch.load(weights_only=True)`` failed, in a few words: the code a pickle payload names, what the
+    weights-only unpickler met, or the first line (sentence, if long; with the next line if it ends with ':')
+    of torch's message."""
     text = str(error).strip()
-    payload = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    payload = re.search(r"unsupported global:? (?:GLOBAL )?(\S+)", text, flags=re.IGNORECASE)
     if payload:
         return f"it carries code ({payload.group(1)}), which cdm4mi never unpickles"
+    if isinstance(error, EOFError):
+        return "the file ends early (cut short)"
     if not text:
         return type(error).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines[0].startswith("Weights only load failed"):  # then paragraphs of advice around what it met
+        met = [line for line in lines[1:] if not line.startswith(("Please file an issue", "Check the documentation"))]
+        return f"not a PyTorch checkpoint ({met[0] if met else 'its pickle stream is not one torch writes'})"
     first = lines[0]
     if first.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for ...:" then the keys
         detail = lines[1]
         return f"{first} {detail[:200]}{' ...' if len(detail) > 200 else ''}"
-    return first.split(". ")[0] if len(first) > 120 else first  # torch appends paragraphs of advice
+    return first.split(". ")[0] if len(first) > 120 else first
 
 
 class RandomState(Callback):
