@@ -3,16 +3,19 @@ transfer syntaxes, missing pixel data, empty files, NaN/Inf voxels, 4D and singl
 pairs, files that are not images, symlink loops, bad configs, bad manifests and bad checkpoints.
 
 Each run must end with exit status 2 and exactly one line on stderr, ``cdm4mi <command>: error: ...``, naming
-the offending file or option; no traceback; nothing written where the output would go; the corpus unchanged.
+the offending file or option; no traceback, and no Python warning or logged warning a terminal would show beside
+it; nothing written where the output would go; the corpus unchanged.
 A few runs go through real processes (the console script): one line there too, and ``--debug`` shows the
 traceback. The terminal summary (tests/conftest.py) reports how many runs were made, by class.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +163,12 @@ def message_lines(err: str) -> list[str]:
     return [line for line in re.split(r"[\r\n]", err) if line.strip() and not PROGRESS_BAR.search(line)]
 
 
+def shown_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The warnings Python would print to a user's terminal (its default filters hide deprecations)."""
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+    return [f"{w.category.__name__}: {w.message}" for w in caught if not issubclass(w.category, hidden)]
+
+
 def run_id(case: Case, command: str) -> str:
     return f"{command} :: {case.name}"
 
@@ -198,15 +207,18 @@ def real_processes(corpus, context, tmp_path_factory) -> Iterator[RealProcesses]
 
 @pytest.mark.parametrize(("case", "command"), RUNS, ids=[run_id(case, command) for case, command in RUNS])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, command, corpus, context, real_processes, tmp_path,
-                                                        capsys):
+                                                        capsys, caplog):
     built = corpus.built[case.name]
     argv = arguments(command, case, built, context, tmp_path / "out")
     watched = [tmp_path, built.path.parent] if case.group.startswith("config") else [tmp_path]
     before = [listing(folder) for folder in watched]
-    status = main(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status = main(argv)
     printed, err = capsys.readouterr()
-    lines = message_lines(err)
-    assert status == 2 and len(lines) == 1, f"exit {status}, stderr:\n{err[-3000:]}"
+    lines = message_lines(err) + shown_warnings(caught) + [record.getMessage() for record in caplog.records
+                                                           if record.levelno >= logging.WARNING]
+    assert status == 2 and len(lines) == 1, f"exit {status}, stderr and warnings:\n" + "\n".join(lines)[-3000:]
     assert lines[0].startswith(f"cdm4mi {command}: error: "), lines[0]
     assert any(name in lines[0] for name in acceptable_names(command, case, built)), lines[0]
     assert "Traceback" not in err + printed

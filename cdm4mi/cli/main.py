@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # MONAI's DICOM reader warns on every CPU machine that the GPU decoder is absent: not the user's problem.
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
-    # nibabel logs each NIfTI header field it repairs, without naming the file; one it cannot read is our error.
-    logging.getLogger("nibabel").setLevel(logging.ERROR)
+    # nibabel logs each NIfTI header field it repairs or cannot repair (level 40), without naming the file; a
+    # header it cannot read is reported as our one-line error, naming the file.
+    logging.getLogger("nibabel").setLevel(logging.CRITICAL)
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

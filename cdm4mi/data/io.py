@@ -315,18 +315,31 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
         _check_decoder(path, syntax)
     if syntax is None or not syntax.is_compressed:
         _check_native_length(path, ds)
+    elif "PixelData" in ds and not _is_encapsulated(ds.get_item("PixelData")):
+        raise ValueError(f"{path}: the transfer syntax says {syntax.name} but the pixel data are not encapsulated "
+                         "(compressed data come in fragments): the file's transfer syntax is wrong")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             # MONAI cannot build an affine for multi-frame files; _stack_geometry builds it instead.
             warnings.filterwarnings("ignore", message="PydicomReader: ImageOrientationPatient")
             pixels = _dicom_loader()(str(path)).as_tensor().numpy()
-    except Exception as err:  # decoders raise many types for corrupt data
+    except Exception as err:  # decoders raise many types for corrupt data; the error says what their warnings would
         name = syntax.name if syntax is not None else "its transfer syntax"
         raise ValueError(f"{path}: pixel data could not be decoded as {name} ({_one_line(err)})") from None
+    for warning in caught:  # decoded, but pydicom found something odd: say which file
+        warnings.warn(f"{path}: {warning.message}", warning.category, stacklevel=2)
     pixels = pixels.reshape(_frame_count(ds), int(ds.Rows), int(ds.Columns))
     if _is_multiframe(ds):
         pixels = _apply_frame_rescale(pixels, ds)
     return pixels.astype(np.float32, copy=False)
+
+
+def _is_encapsulated(element: RawDataElement | pydicom.DataElement) -> bool:
+    """Compressed pixel data are stored encapsulated: as fragments, in an element of undefined length."""
+    if isinstance(element, RawDataElement):
+        return element.length == 0xFFFFFFFF
+    return element.is_undefined_length
 
 
 def _check_decoder(path: Path, syntax: pydicom.uid.UID) -> None:
