@@ -90,7 +90,8 @@ class TrainingConfig(_Section):
     progress_bar: bool = True
     seed: int = 0
     # A NaN/Inf loss stops training (the checkpoints already written are kept) or skips the batch;
-    # more than max_nonfinite_skips skipped batches in a row stop it too.
+    # more than max_nonfinite_skips skipped batches in a row stop it too. Under DDP every process stops together;
+    # skip needs a single process (Lightning cannot skip a step in distributed training).
     nonfinite_loss: Literal["stop", "skip"] = "stop"
     max_nonfinite_skips: int = pydantic.Field(10, ge=0)
 

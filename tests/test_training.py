@@ -141,6 +141,25 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("action", ["stop", "skip"])
+def test_ddp_ranks_stop_or_skip_a_nan_loss_of_one_rank_together(action, tmp_path):
+    """Rank 1 alone meets a NaN loss: both ranks stop together (neither hangs waiting for the other), keeping
+    the last good checkpoint. Lightning cannot skip a step under DDP: 'skip' is refused before training."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), action], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=env)
+    if action == "stop":
+        assert result.returncode != 0 and "training.nonfinite_loss=stop" in result.stderr, result.stderr[-3000:]
+        assert "of another process is NaN or Inf at step" in result.stderr and "the training loss is nan" in result.stderr
+        step = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        assert step == 6  # the good checkpoint before the NaN is kept
+        return
+    assert result.returncode != 0 and "ValueError: training.nonfinite_loss: 'skip' works on one process only" \
+        in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_bad_config_gets_one_line_naming_the_key(tmp_path, capsys):
     cases = {
         "training.max_stepz=5": "config key 'training.max_stepz': unknown key",

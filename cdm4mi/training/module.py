@@ -77,7 +77,11 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         loss = self.objective.loss(self.backbone, batch["x0"], batch.get("cond"))
-        if not self.nonfinite.check_loss(loss, self.global_step):
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # Every process stops or skips together; alone, the others would wait for it forever.
+            finite = bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+        if not self.nonfinite.check_loss(loss, self.global_step, finite):
             self.log("train/skipped_batches", float(self.nonfinite.skipped_total))
             return None  # Lightning skips the backward pass and the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["x0"].shape[0])

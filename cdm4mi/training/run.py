@@ -145,6 +145,10 @@ def fit(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[
     check_network_fits_data(config, datamodule.train_set)
     module = DiffusionModule(config.model_dump(mode="json"), datamodule.data_state())
     trainer = build_trainer(config)
+    if config.training.nonfinite_loss == "skip" and trainer.world_size > 1:
+        raise ValueError(f"training.nonfinite_loss: 'skip' works on one process only (Lightning cannot skip a step "
+                         f"in distributed training; this run has {trainer.world_size}); use 'stop', which every "
+                         "process does together")
     if trainer.is_global_zero:
         if overwrite:
             remove_run(output_dir)

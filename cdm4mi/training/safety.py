@@ -102,12 +102,18 @@ class NonFiniteGuard:
         self.skipped_in_a_row = 0
         self.skipped_total = 0
 
-    def check_loss(self, loss: torch.Tensor, step: int) -> bool:
-        """True when the batch may be used; False to skip it; raises to stop."""
-        if bool(torch.isfinite(loss)):
+    def check_loss(self, loss: torch.Tensor, step: int, finite: bool | None = None) -> bool:
+        """True when the batch may be used; False to skip it; raises to stop. ``finite``: whether the loss of
+        every process is finite (DDP); by default, whether ``loss`` is."""
+        if finite is None:
+            finite = bool(torch.isfinite(loss))
+        if finite:
             self.skipped_in_a_row = 0
             return True
-        what = f"the training loss is {loss.item()} at step {step}"
+        if bool(torch.isfinite(loss)):
+            what = f"the training loss of another process is NaN or Inf at step {step}"
+        else:
+            what = f"the training loss is {loss.item()} at step {step}"
         if self.action == "stop":
             raise NonFiniteTraining(f"training.nonfinite_loss=stop: {what}; stopped. {self._kept()} "
                                     "Lower training.learning_rate, check the data, or set training.nonfinite_loss=skip")
