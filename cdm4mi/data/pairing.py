@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from tqdm.auto import tqdm
 
 from cdm4mi.atomic import atomic_output, check_writable
 from cdm4mi.data.io import is_dicom_file, load_scan
@@ -241,7 +242,7 @@ def _loadable_pairs(root: Path, pairs: list[FoundPair], stop_at_first: bool) -> 
     """The pairs whose scans load and share a voxel grid (each read once, then dropped), and a problem line
     for each other one (or only the first), with the patient's identifiers masked."""
     usable, problems = [], []
-    for pair in pairs:
+    for pair in tqdm(pairs, desc="reading pairs", unit="patient", leave=False, disable=None):  # bar on terminals
         if problems and stop_at_first:
             break
         try:
