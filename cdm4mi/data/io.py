@@ -42,16 +42,15 @@ import torch
 from monai.data import MetaTensor, NibabelReader, PydicomReader
 from monai.data.utils import affine_to_spacing, orientation_ras_lps
 from monai.transforms import LoadImage, Orientation, ResampleToMatch, Spacing
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.pixels import get_decoder
+
+from cdm4mi.data.pixel_checks import PIXEL_KEYWORDS, check_pixel_data, frame_count
 
 CANONICAL_AXCODES = "SPL"
 SOURCES = ("dicom-series", "dicom-file", "nifti")
 RESAMPLE_MODES = ("bilinear", "nearest")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_PIXEL_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in _PIXEL_KEYWORDS)
+_PIXEL_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in PIXEL_KEYWORDS)
 _DEFAULT_ORIENTATION = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
@@ -119,8 +118,7 @@ def load_scan(path: str | Path, series_uid: str | None = None, modality: str | N
     if modality is not None and not re.fullmatch(r"[A-Z0-9 _]{1,16}", modality.upper()):
         raise ValueError(f"modality must be a DICOM Modality code such as 'CT' or 'MR', got {modality!r}")
     modality = modality.upper() if modality else None
-    if path.is_symlink() and not path.exists():
-        raise ValueError(f"{path}: broken symbolic link (to {os.readlink(path)}: missing, or a loop of links)")
+    _refuse_broken_link(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -227,8 +225,7 @@ def is_dicom_file(path: Path) -> bool:
         ValueError: ``path`` is a broken symbolic link, or named ``.dcm`` but not DICOM (a damaged or empty
             slice: skipping it would silently drop a slice of the series).
     """
-    if path.is_symlink() and not path.exists():
-        raise ValueError(f"{path}: broken symbolic link (to {os.readlink(path)}: missing, or a loop of links)")
+    _refuse_broken_link(path)
     if not path.is_file():
         return False
     if pydicom.misc.is_dicom(path):
@@ -238,6 +235,11 @@ def is_dicom_file(path: Path) -> bool:
         raise ValueError(f"{path}: named .dcm but not a DICOM Part-10 file (no 'DICM' marker; {size} bytes): "
                          "a damaged or empty slice")
     return False
+
+
+def _refuse_broken_link(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{path}: broken symbolic link (to {os.readlink(path)}: missing, or a loop of links)")
 
 
 def _dicom_images(folder: Path) -> list[tuple[Path, Dataset]]:
@@ -301,23 +303,8 @@ def _load_dicom(where: Path, files: list[tuple[Path, Dataset]], source: str, mod
 
 def _decode(path: Path, ds: Dataset) -> np.ndarray:
     """Pixel values of one file as float32 ``[frames, rows, columns]``, rescaled (HU for CT)."""
-    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-        raise ValueError(f"{path}: no pixel data (the file has no PixelData element: not an image, or cut short)")
-    if "ModalityLUTSequence" in ds:  # neither MONAI nor this module applies a lookup-table modality LUT
-        raise ValueError(f"{path}: pixel values are mapped by a Modality LUT Sequence, which is not supported")
-    for keyword in ("RescaleSlope", "RescaleIntercept"):
-        if not _is_finite_number(ds.get(keyword, 0)):
-            raise ValueError(f"{path}: {keyword} {ds.get(keyword)!r} is not a finite number")
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise ValueError(f"{path}: colour images (SamplesPerPixel {ds.SamplesPerPixel}) are not supported")
+    check_pixel_data(path, ds)
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is not None:
-        _check_decoder(path, syntax)
-    if syntax is None or not syntax.is_compressed:
-        _check_native_length(path, ds)
-    elif "PixelData" in ds and not _is_encapsulated(ds.get_item("PixelData")):
-        raise ValueError(f"{path}: the transfer syntax says {syntax.name} but the pixel data are not encapsulated "
-                         "(compressed data come in fragments): the file's transfer syntax is wrong")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -329,52 +316,10 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
         raise ValueError(f"{path}: pixel data could not be decoded as {name} ({_one_line(err)})") from None
     for warning in caught:  # decoded, but pydicom found something odd: say which file
         warnings.warn(f"{path}: {warning.message}", warning.category, stacklevel=2)
-    pixels = pixels.reshape(_frame_count(ds), int(ds.Rows), int(ds.Columns))
+    pixels = pixels.reshape(frame_count(ds), int(ds.Rows), int(ds.Columns))
     if _is_multiframe(ds):
         pixels = _apply_frame_rescale(pixels, ds)
     return pixels.astype(np.float32, copy=False)
-
-
-def _is_encapsulated(element: RawDataElement | pydicom.DataElement) -> bool:
-    """Compressed pixel data are stored encapsulated: as fragments, in an element of undefined length."""
-    if isinstance(element, RawDataElement):
-        return element.length == 0xFFFFFFFF
-    return element.is_undefined_length
-
-
-def _check_decoder(path: Path, syntax: pydicom.uid.UID) -> None:
-    """Fail early, naming the plugins to install, when no installed decoder reads this transfer syntax."""
-    try:
-        decoder = get_decoder(syntax)
-    except NotImplementedError:
-        raise ValueError(f"{path}: pydicom has no pixel decoder for transfer syntax {syntax.name} ({syntax})") from None
-    if not decoder.is_available:
-        plugins = "; ".join(decoder.missing_dependencies)
-        raise ValueError(f"{path}: pixel data are compressed as {syntax.name} ({syntax}) and no decoder for it is "
-                         f"installed; install one of: {plugins}")
-
-
-def _check_native_length(path: Path, ds: Dataset) -> None:
-    """Uncompressed pixel data hold exactly Rows x Columns x frames x samples x BitsAllocated bits (plus one
-    byte padding an odd length). Fewer bytes: a file cut short. More: a damaged length or image header, which
-    pydicom would only warn about before decoding the leading bytes into a wrong image."""
-    keyword = next(keyword for keyword in _PIXEL_KEYWORDS if keyword in ds)
-    bits = {"PixelData": int(ds.get("BitsAllocated", 0) or 0), "FloatPixelData": 32, "DoubleFloatPixelData": 64}[keyword]
-    pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * _frame_count(ds) * int(
-        ds.get("SamplesPerPixel", 1) or 1)
-    expected = (pixels * bits + 7) // 8
-    element = ds.get_item(keyword)
-    if isinstance(element, RawDataElement) and element.value is None and element.length:
-        # deferred (large): the length the header declares, or the bytes the file holds after it if fewer
-        present = min(element.length, max(0, path.stat().st_size - element.value_tell))
-    else:
-        present = len(element.value or b"")
-    if expected == 0 or present < expected:
-        raise ValueError(f"{path}: {keyword} holds {present} bytes where Rows, Columns, frames and BitsAllocated need "
-                         f"{expected}: the file is cut short or its image header is damaged")
-    if present > expected + expected % 2:
-        raise ValueError(f"{path}: {keyword} holds {present} bytes but Rows, Columns, frames and BitsAllocated give "
-                         f"{expected}: its length or image header is damaged")
 
 
 def _apply_frame_rescale(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -497,19 +442,8 @@ def _check_finite(where: Path, array: np.ndarray) -> None:
         raise ValueError(f"{where}: {bad} voxels are NaN or Inf")
 
 
-def _is_finite_number(value: object) -> bool:
-    try:
-        return bool(np.isfinite(float(value)))
-    except (TypeError, ValueError):
-        return False
-
-
-def _frame_count(ds: Dataset) -> int:
-    return int(ds.get("NumberOfFrames", 1) or 1)
-
-
 def _is_multiframe(ds: Dataset) -> bool:
-    return _frame_count(ds) > 1 or "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    return frame_count(ds) > 1 or "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
 
 
 def _floats(item: Dataset | None, keyword: str, size: int) -> np.ndarray | None:
