@@ -6,14 +6,22 @@ import numpy as np
 import pytest
 import torch
 
+from test_io import CT_SMALL
+from test_noise_estimate import water_phantom
+
 from cdm4mi.data.ct_noise import (
     MU_WATER_PER_MM,
+    NOMINAL_INCIDENT_FLUX,
     ParallelBeamGeometry,
+    calibrate_incident_flux,
     fbp,
     forward_project,
     hu_to_mu,
     simulate_low_dose_ct,
+    simulate_relative_dose,
 )
+from cdm4mi.data.io import load_scan
+from cdm4mi.data.noise_estimate import estimate_ct_noise_hu, soft_tissue_noise_hu
 
 
 def _radius_mm(size: int, spacing_mm: float, centre_mm: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
@@ -153,3 +161,64 @@ def test_invalid_options_raise(kwargs: dict, option: str) -> None:
 def test_invalid_images_raise(hu: np.ndarray) -> None:
     with pytest.raises(ValueError, match="hu"):
         simulate_low_dose_ct(hu, 1.0)
+
+
+@pytest.fixture(scope="module")
+def scan_with_own_noise() -> tuple[np.ndarray, np.ndarray, float, float]:
+    """A 0.8 mm water phantom given the full-dose noise of I0 = 3e4 (dose 0.5 adds exactly the full-dose
+    variance): (clean HU, full-dose HU, that I0, the known own noise std in soft tissue, HU)."""
+    clean = water_phantom(256, 0.8)
+    flux = 3e4
+    full = simulate_low_dose_ct(clean, 0.8, 0.5, incident_flux=flux, electronic_noise_var=0.0, seed=11)
+    return clean, full, flux, soft_tissue_noise_hu(full - clean, clean)
+
+
+def test_calibration_recovers_the_flux_of_the_scans_own_noise(scan_with_own_noise) -> None:
+    _, full, flux, own = scan_with_own_noise
+    assert calibrate_incident_flux(full, 0.8, own) == pytest.approx(flux, rel=0.06)  # std within 3 %
+    assert calibrate_incident_flux(full, 0.8, 2 * own) == pytest.approx(flux / 4, rel=0.06)  # b ~ 1/sigma^2
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_relative_dose_adds_own_noise_times_sqrt_of_inverse_dose_minus_one(scan_with_own_noise, given) -> None:
+    _, full, flux, own = scan_with_own_noise
+    noisy, info = simulate_relative_dose(full, 0.8, 0.25, own_noise_hu=own if given else None, seed=3)
+    assert info["calibrated"] and info["own_noise_source"] == ("given" if given else "estimated")
+    assert info["own_noise_hu"] == pytest.approx(own, rel=0 if given else 0.15)
+    added = soft_tissue_noise_hu(noisy - full, full)
+    assert info["added_noise_hu"] == pytest.approx(added)
+    assert added == pytest.approx(own * math.sqrt(3), rel=0.1 if given else 0.15)
+    assert info["incident_flux"] == pytest.approx(flux, rel=0.06 if given else 0.35)
+    assert info["electronic_noise_var"] == pytest.approx(10 * info["incident_flux"] / NOMINAL_INCIDENT_FLUX)
+
+
+def test_relative_dose_on_a_real_slice() -> None:
+    """CT_small is an 8.5 cm crop: the nominal I0 adds ~5 HU at quarter dose, a sixth of its own noise."""
+    scan = load_scan(CT_SMALL, modality="CT")
+    own = estimate_ct_noise_hu(scan.array)
+    nominal = simulate_low_dose_ct(scan.array, scan.spacing_mm[1:], 0.25, seed=4)
+    assert soft_tissue_noise_hu(nominal - scan.array, scan.array) < own / 3
+    for dose in (0.25, 0.5):
+        noisy, info = simulate_relative_dose(scan.array, scan.spacing_mm[1:], dose, seed=4)
+        assert info["calibrated"] and info["own_noise_hu"] == own and info["incident_flux"] < 1e4
+        assert info["added_noise_hu"] == pytest.approx(own * math.sqrt(1 / dose - 1), rel=0.1)
+        assert estimate_ct_noise_hu(noisy) == pytest.approx(own / math.sqrt(dose), rel=0.1)
+
+
+def test_smoothed_scan_falls_back_to_the_nominal_flux() -> None:
+    clean = water_phantom(128, 1.0)
+    assert calibrate_incident_flux(clean, 1.0, 1.9) is None and calibrate_incident_flux(clean, 1.0, math.nan) is None
+    noisy, info = simulate_relative_dose(clean, 1.0, 0.25, seed=2)
+    assert not info["calibrated"] and info["own_noise_hu"] < 0.5 and info["incident_flux"] == NOMINAL_INCIDENT_FLUX
+    np.testing.assert_array_equal(noisy, simulate_low_dose_ct(clean, 1.0, 0.25, seed=2))
+    air = np.full((64, 64), -1000.0, np.float32)  # nothing to measure in
+    _, info = simulate_relative_dose(air, 1.0, 0.25, seed=2)
+    assert not info["calibrated"] and math.isnan(info["own_noise_hu"]) and math.isnan(info["added_noise_hu"])
+
+
+@pytest.mark.parametrize("kwargs, option", [({"own_noise_hu": -1.0}, "own_noise_hu"),
+                                            ({"own_noise_hu": math.inf}, "own_noise_hu"),
+                                            ({"dose_fraction": 0.0}, "dose_fraction")])
+def test_relative_dose_invalid_options_raise(kwargs: dict, option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        simulate_relative_dose(np.zeros((16, 16), np.float32), 1.0, **({"dose_fraction": 0.25} | kwargs))

@@ -22,6 +22,7 @@ from cdm4mi.cli.main import main
 from cdm4mi.config import load_config
 from cdm4mi.data.hospital import HospitalSpec
 from cdm4mi.data.io import load_scan
+from cdm4mi.data.noise_estimate import estimate_ct_noise_hu, soft_tissue_noise_hu
 from cdm4mi.data.pairing import pseudonymize
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.module import DiffusionModule
@@ -262,7 +263,7 @@ def test_simulate_low_dose_ct_small(inputs, tmp_path, capsys):
 
     def simulate(name: str, dose: float, seed: int) -> np.ndarray:
         printed = cli(capsys, "simulate", "--input", ct, "--output", tmp_path / name, "--modality", "ct",
-                      "--dose", str(dose), "--seed", str(seed))
+                      "--dose", str(dose), "--seed", str(seed), "--flux", "1.5e5")
         assert f"output: {tmp_path / name}" in printed
         return nifti(tmp_path / name) if name.endswith(".nii.gz") else dicom_hu(tmp_path / name)
 
@@ -285,6 +286,36 @@ def test_simulate_low_dose_ct_small(inputs, tmp_path, capsys):
     before = pydicom.dcmread(ct, stop_before_pixels=True)
     assert "cdm4mi simulate" in ds.DerivationDescription and list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
     assert ds.StudyInstanceUID == before.StudyInstanceUID and ds.SeriesInstanceUID != before.SeriesInstanceUID
+
+
+def test_simulate_calibrates_the_dose_to_the_scans_own_noise(inputs, tmp_path, capsys):
+    """Without --flux the dose is relative to CT_small's own noise: quarter dose adds sqrt(3) times it, where
+    the nominal I0 1.5e5 adds a sixth of it (CT_small is an 8.5 cm crop, little attenuation)."""
+    ct, source = inputs["ct"], load_scan(inputs["ct"])
+    own = estimate_ct_noise_hu(source.array)
+
+    def simulate(name: str, *options: str) -> tuple[str, float]:
+        printed = cli(capsys, "simulate", "--input", ct, "--output", tmp_path / name, "--modality", "ct", *options)
+        added = soft_tissue_noise_hu(load_scan(tmp_path / name).array - source.array, source.array)
+        return printed.splitlines()[0], added
+
+    line, added = simulate("a.nii.gz")
+    assert added == pytest.approx(own * 3**0.5, rel=0.1)
+    assert line.startswith(f"own noise {own:.1f} HU (estimated), I0 calibrated to ")
+    assert line.endswith(f": {added:.1f} HU inserted in soft tissue at 25% dose (target {own * 3**0.5:.1f})")
+    line, added = simulate("b.nii.gz", "--own-noise", "20", "--dose", "0.5")
+    assert line.startswith("own noise 20.0 HU (given)") and added == pytest.approx(20, rel=0.1)
+    line, smoothed = simulate("c.nii.gz", "--own-noise", "1")
+    assert line == (f"scan looks smoothed (own noise 1.0 HU, given, < 2 HU): nominal I0 1.5e+05 used, {smoothed:.1f} "
+                    "HU inserted in soft tissue at 25% dose")
+    _, nominal = simulate("d.nii.gz", "--flux", "1.5e5")
+    assert nominal == smoothed < own / 3
+    for options in (["--flux", "1e5", "--own-noise", "3"], ["--own-noise", "-1"]):
+        status = main(["simulate", "--input", str(ct), "--output", str(tmp_path / "e.nii.gz"), "--modality", "ct",
+                       *options])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and "--own-noise" in lines[0], lines
+    assert not (tmp_path / "e.nii.gz").exists()
 
 
 @pytest.mark.parametrize(("given", "output", "expected"), [

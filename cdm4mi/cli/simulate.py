@@ -6,6 +6,13 @@ electronic noise, filtered back projection), added to the original HU so the ful
 the reference; see ``cdm4mi.data.ct_noise``. MRI: Rician noise with sigma a percentage of a
 reference intensity (default the 99th percentile); see ``cdm4mi.data.mri_noise``.
 
+CT dose is relative to the scan's own noise: the input already carries noise sigma_own, and noise
+variance goes as 1/dose, so ``--dose d`` adds sigma_own * sqrt(1/d - 1) (quarter dose: sqrt(3) sigma_own).
+By default sigma_own is estimated in the flattest soft-tissue windows (``--own-noise HU`` gives it) and
+I0 is calibrated so that the simulated full-dose noise equals it; a scan with under 2 HU of noise looks
+smoothed and gets the nominal I0 1.5e5. ``--flux I0`` sets I0 instead (the electronic noise is then taken
+as given; calibrated, it is scaled with I0 / 1.5e5). One line reports what was done.
+
 A simulated CT series from a DICOM input that records its Exposure (mAs) records ``dose`` times it, so
 the tags of the low-dose series tell its dose (``cdm4mi.data.metadata``, field ``exposure_mas``).
 """
@@ -13,10 +20,11 @@ the tags of the low-dose series tell its dose (``cdm4mi.data.metadata``, field `
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
-from cdm4mi.data.ct_noise import simulate_low_dose_ct
+from cdm4mi.data.ct_noise import MIN_OWN_NOISE_HU, simulate_low_dose_ct, simulate_relative_dose
 from cdm4mi.data.io import load_scan
 from cdm4mi.data.metadata import dicom_metadata
 from cdm4mi.data.mri_noise import add_rician_noise
@@ -31,8 +39,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", choices=["ct", "mri"], required=True)
     parser.add_argument("--series", help="SeriesInstanceUID, when the input folder holds several series")
     parser.add_argument("--dose", type=float, default=0.25, help="CT dose fraction in (0, 1] (default 0.25)")
-    parser.add_argument("--flux", type=float, default=1.5e5, help="CT full-dose incident flux I0 (default 1.5e5)")
-    parser.add_argument("--electronic-noise", type=float, default=10.0, help="CT electronic noise variance")
+    parser.add_argument("--flux", type=float, help="CT full-dose incident flux I0 (photons per detector bin per "
+                        "view); default: calibrated to the scan's own noise (nominal 1.5e5 for a smoothed scan)")
+    parser.add_argument("--own-noise", type=float, metavar="HU",
+                        help="CT full-dose noise std in soft tissue (HU) to calibrate to, instead of estimating it")
+    parser.add_argument("--electronic-noise", type=float, default=10.0,
+                        help="CT electronic noise variance, counts^2 (default 10; scaled by I0 / 1.5e5 when I0 is "
+                        "calibrated)")
     parser.add_argument("--sigma-percent", type=float, default=5.0, help="MRI noise sigma in %% of the reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
@@ -46,9 +59,22 @@ def run(args: argparse.Namespace) -> int:
     scan = load_scan(input_path, series_uid=args.series, modality="CT" if args.modality == "ct" else "MR")
     tags = {}
     if args.modality == "ct":
-        noisy = simulate_low_dose_ct(scan.array, scan.spacing_mm[1:], dose_fraction=args.dose,
-                                     incident_flux=args.flux, electronic_noise_var=args.electronic_noise, seed=args.seed)
-        description = f"simulated {args.dose:.0%} dose (I0 {args.flux:.3g})"
+        if args.flux is not None and args.own_noise is not None:
+            raise ValueError("--flux, --own-noise: give at most one (--own-noise calibrates the flux)")
+        if args.own_noise is not None and not (math.isfinite(args.own_noise) and args.own_noise >= 0):
+            raise ValueError(f"--own-noise: the scan's noise std in HU, >= 0, got {args.own_noise:g}")
+        if args.flux is not None:
+            noisy = simulate_low_dose_ct(scan.array, scan.spacing_mm[1:], dose_fraction=args.dose,
+                                         incident_flux=args.flux, electronic_noise_var=args.electronic_noise,
+                                         seed=args.seed)
+            description = f"simulated {args.dose:.0%} dose (I0 {args.flux:.3g})"
+        else:
+            noisy, info = simulate_relative_dose(scan.array, scan.spacing_mm[1:], args.dose, args.own_noise,
+                                                 seed=args.seed, electronic_noise_var=args.electronic_noise)
+            print(calibration_line(info))
+            description = (f"simulated {args.dose:.0%} dose (own noise {info['own_noise_hu']:.1f} HU, "
+                           f"I0 {info['incident_flux']:.3g})" if info["calibrated"]
+                           else f"simulated {args.dose:.0%} dose (I0 {info['incident_flux']:.3g}, nominal)")
         header = scan.dicom_reference.header if scan.dicom_reference is not None else None
         exposure = dicom_metadata(header, ["exposure_mas"]).get("exposure_mas")
         if exposure is not None:  # Exposure is an integer (IS) in mAs
@@ -62,3 +88,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"{description}: added noise std {change.std():.2f} (scan units), mean {change.mean():+.2f}")
     print(f"output: {output}")
     return 0
+
+
+def calibration_line(info: dict) -> str:
+    """What ``simulate_relative_dose`` did, in one line."""
+    dose = f"{info['added_noise_hu']:.1f} HU inserted in soft tissue at {info['dose_fraction']:.0%} dose"
+    own = info["own_noise_hu"]
+    if info["calibrated"]:
+        return (f"own noise {own:.1f} HU ({info['own_noise_source']}), I0 calibrated to {info['incident_flux']:.3g}: "
+                f"{dose} (target {own * math.sqrt(1 / info['dose_fraction'] - 1):.1f})")
+    reason = ("no soft tissue to measure its own noise in" if math.isnan(own) else
+              f"scan looks smoothed (own noise {own:.1f} HU, {info['own_noise_source']}, < {MIN_OWN_NOISE_HU:g} HU)")
+    return f"{reason}: nominal I0 {info['incident_flux']:.3g} used, {dose}"

@@ -30,8 +30,14 @@ scanner taking ``scanner_views`` views per rotation (a 360 deg fan-beam scan mea
 twice, which carries the same photons per line as that many parallel views over 180 deg). The
 simulation uses ``num_angles`` views over 180 deg and scales the per-view flux and electronic-noise
 variance by ``scanner_views / num_angles``, so the image noise depends on the dose, not on
-``num_angles``, which is only a speed/accuracy setting. Noise std scales as ``1/sqrt(b)``: calibrate
-``incident_flux`` against a measured noise level when matching a particular scanner.
+``num_angles``, which is only a speed/accuracy setting. Noise std scales as ``1/sqrt(b)``.
+
+Dose relative to the scan's own noise: a full-dose scan already carries noise ``sigma_own``, and noise
+variance goes as 1/dose, so dose fraction ``d`` must add ``sigma_own * sqrt(1/d - 1)`` (quarter dose:
+``sqrt(3) * sigma_own``). A fixed nominal ``b`` ignores the scan's own noise and can add less noise than
+the scan already has. ``calibrate_incident_flux`` finds the ``b`` at which the simulated full-dose noise
+equals ``sigma_own``; ``simulate_relative_dose`` estimates ``sigma_own`` (``estimate_ct_noise_hu``),
+calibrates and simulates, falling back to the nominal ``b`` = 1.5e5 for a smoothed scan (< 2 HU of noise).
 
 The projector (bilinear rotate-and-sum) and FBP (Ram-Lak kernel of Kak & Slaney, optionally
 Hann-windowed; linear-interpolation back projection) are implemented here on torch ``grid_sample``;
@@ -48,7 +54,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cdm4mi.data.noise_estimate import estimate_ct_noise_hu, soft_tissue_noise_hu
+
 MU_WATER_PER_MM = 0.0192
+NOMINAL_INCIDENT_FLUX = 1.5e5  # CoreDiff's normal-dose I0
+MIN_OWN_NOISE_HU = 2.0  # below this a scan has been smoothed (or is synthetic): nothing to calibrate to
+CALIBRATION_DOSE = 0.5  # adds (1-d)/d = 1 times the full-dose variance: the full-dose noise itself
 NOISE_MODELS = ("gaussian", "poisson")
 FILTERS = ("ramp", "hann")
 _COUNT_FLOOR = 1.0  # photons: the eps of max(y, eps); keeps the log finite where counts are starved
@@ -175,7 +186,7 @@ def simulate_low_dose_ct(
     hu: np.ndarray,
     pixel_spacing_mm: float | tuple[float, float],
     dose_fraction: float = 0.25,
-    incident_flux: float = 1.5e5,
+    incident_flux: float = NOMINAL_INCIDENT_FLUX,
     electronic_noise_var: float = 10.0,
     model: Literal["gaussian", "poisson"] = "gaussian",
     filter_name: Literal["ramp", "hann"] = "hann",
@@ -220,6 +231,85 @@ def simulate_low_dose_ct(
         noise_mu = fbp(delta, geometry, filter_name)
         noisy[start : start + _SLICES_PER_BATCH] = batch + 1000 * noise_mu / MU_WATER_PER_MM
     return noisy.reshape(image.shape).numpy()
+
+
+def calibrate_incident_flux(
+    hu: np.ndarray,
+    pixel_spacing_mm: float | tuple[float, float],
+    own_noise_hu: float,
+    filter_name: Literal["ramp", "hann"] = "hann",
+    num_angles: int | None = None,
+    scanner_views: int = 1152,
+    seed: int = 0,
+) -> float | None:
+    """Full-dose incident flux ``b`` at which the simulated full-dose noise of a CT slice [H, W] or volume
+    [D, H, W] (HU) equals its own noise ``own_noise_hu`` (HU std in soft tissue), or None when
+    ``own_noise_hu`` is under ``MIN_OWN_NOISE_HU`` or not finite (a smoothed scan: use a nominal flux) or
+    the scan has no soft tissue to measure in.
+
+    One simulation at ``CALIBRATION_DOSE`` (which adds exactly the full-dose variance) at the nominal flux,
+    without electronic noise, measured with ``soft_tissue_noise_hu``: the inserted std then scales exactly
+    as ``1/sqrt(b)``, so ``b = b_nominal * (measured / own)^2``. Electronic noise, added later, raises the
+    noise only where counts starve. A volume is calibrated on up to 8 evenly spaced slices.
+    ``filter_name``, ``num_angles``, ``scanner_views``: as the simulation that will use ``b``.
+    """
+    if not (math.isfinite(own_noise_hu) and own_noise_hu >= MIN_OWN_NOISE_HU):
+        return None
+    image, spacing = _validated_image(hu, pixel_spacing_mm)
+    if image.ndim == 3:
+        image = image[:: max(1, math.ceil(len(image) / 8))]
+    image = image.astype(np.float32)
+    noise = simulate_low_dose_ct(image, spacing, CALIBRATION_DOSE, NOMINAL_INCIDENT_FLUX, electronic_noise_var=0.0,
+                                 filter_name=filter_name, num_angles=num_angles, scanner_views=scanner_views,
+                                 seed=seed) - image
+    measured = soft_tissue_noise_hu(noise, image)
+    if not (math.isfinite(measured) and measured > 0):
+        return None
+    return NOMINAL_INCIDENT_FLUX * (measured / own_noise_hu) ** 2
+
+
+def simulate_relative_dose(
+    hu: np.ndarray,
+    pixel_spacing_mm: float | tuple[float, float],
+    dose_fraction: float = 0.25,
+    own_noise_hu: float | None = None,
+    seed: int | None = None,
+    electronic_noise_var: float = 10.0,
+    filter_name: Literal["ramp", "hann"] = "hann",
+    num_angles: int | None = None,
+    scanner_views: int = 1152,
+) -> tuple[np.ndarray, dict]:
+    """``simulate_low_dose_ct`` at ``dose_fraction`` of the scan's *own* dose (Gaussian model).
+
+    ``own_noise_hu``: the full-dose scan's noise (HU std in soft tissue); None estimates it
+    (``estimate_ct_noise_hu``). The flux is calibrated to it (``calibrate_incident_flux``), so the dose
+    adds about ``own * sqrt(1/dose - 1)``; a scan with under ``MIN_OWN_NOISE_HU`` (smoothed) gets the
+    nominal flux 1.5e5. ``electronic_noise_var`` (counts^2) is the one at the nominal flux and is scaled by
+    ``b / 1.5e5``: a calibrated ``b`` far from the nominal one says that the simulated geometry (a cropped
+    field of view, say) is not the scanner's, so ``b`` is an effective number, and the electronic noise
+    keeps the share of the noise it has in a nominal simulation. Returns the noisy HU (float32, the input's
+    shape) and ``info``: ``own_noise_hu``, ``own_noise_source`` ("given" or "estimated"),
+    ``incident_flux`` and ``electronic_noise_var`` (those used), ``calibrated`` (False: nominal flux),
+    ``dose_fraction`` and ``added_noise_hu`` (std of noisy - input in soft tissue, measured; NaN without
+    soft tissue).
+    """
+    image, spacing = _validated_image(hu, pixel_spacing_mm)
+    _validate_physics(dose_fraction, NOMINAL_INCIDENT_FLUX, electronic_noise_var, "gaussian", filter_name, num_angles,
+                      scanner_views)
+    if own_noise_hu is not None and not (math.isfinite(own_noise_hu) and own_noise_hu >= 0):
+        raise ValueError(f"own_noise_hu: a noise std in HU >= 0 (or None to estimate it), got {own_noise_hu}")
+    source = "estimated" if own_noise_hu is None else "given"
+    own = estimate_ct_noise_hu(image) if own_noise_hu is None else float(own_noise_hu)
+    flux = calibrate_incident_flux(image, spacing, own, filter_name, num_angles, scanner_views)
+    calibrated = flux is not None
+    flux = flux if calibrated else NOMINAL_INCIDENT_FLUX
+    # Scaled with the flux, the electronic noise keeps its nominal share and the noise scales as 1/sqrt(b).
+    electronic = electronic_noise_var * flux / NOMINAL_INCIDENT_FLUX
+    noisy = simulate_low_dose_ct(image, spacing, dose_fraction, flux, electronic, filter_name=filter_name,
+                                 num_angles=num_angles, scanner_views=scanner_views, seed=seed)
+    added = soft_tissue_noise_hu(noisy - image, image)
+    return noisy, {"own_noise_hu": own, "own_noise_source": source, "incident_flux": flux, "calibrated": calibrated,
+                   "electronic_noise_var": electronic, "dose_fraction": dose_fraction, "added_noise_hu": added}
 
 
 def _extra_log_variance(p: torch.Tensor, k: float, flux: float, electronic_var: float) -> torch.Tensor:
