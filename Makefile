@@ -15,7 +15,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
 TORCH_INDEX ?=
 PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test test-fast bench bench-quality setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,16 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+# the inner loop: every test not marked slow (the end-to-end trainings)
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_unet.py
+
+# denoising quality on real CT shipped in pydicom/pydicom-data, leave one patient out (about an hour on 2 cores)
+bench-quality: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_quality.py
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache

@@ -61,6 +61,11 @@ class SamplingConfig(_Section):
     snr: float = pydantic.Field(0.16, gt=0)
     n_corrector: int = pydantic.Field(1, ge=0)
     ode_method: Literal["euler", "heun", "rk45"] = "heun"
+    # Warm start (cdm4mi denoise): start where the forward process's noise std is this many times the input's
+    # estimated noise, topping the input up with white noise. 1 starts at the input's own level; larger
+    # factors drown the input's correlated (FBP) noise in the white noise the model was trained on, so the
+    # first step sees what training showed it, and draws of --samples differ (at least sqrt(2) with samples).
+    warm_start_factor: float = pydantic.Field(1.0, ge=1.0)
 
 
 class TrainingConfig(_Section):
@@ -80,7 +85,8 @@ class TrainingConfig(_Section):
     strategy: str = "auto"
     num_workers: int = pydantic.Field(0, ge=0)
     val_every_n_steps: int = pydantic.Field(500, ge=1)
-    val_batches: int = pydantic.Field(4, ge=1)
+    # 0: no validation, and the data need no 'val' split (e.g. leave-one-patient-out folds of a small cohort)
+    val_batches: int = pydantic.Field(4, ge=0)
     checkpoint_every_n_steps: int = pydantic.Field(500, ge=1)
     log_every_n_steps: int = pydantic.Field(50, ge=1)
     preview_samples: int = pydantic.Field(256, ge=0)

@@ -177,3 +177,16 @@ def test_registry_validates_config_types():
         BACKBONES.build("unet", conditioning_key="film")
     model = BACKBONES.build("unet", **{**TINY, "channel_mult": ["1", "2"], "attention_levels": [0, 1]})
     assert model(*inputs()).shape == (2, 1, 16, 16)
+
+
+def test_condition_skip_returns_the_condition_at_init_and_learns_the_correction():
+    x, t, cond = inputs(2, (16, 16))
+    model = tiny(condition_skip=True)
+    assert torch.equal(model(x, t, cond), cond)  # zero head: the untrained model hands back its input
+    slab = torch.randn(2, 3, 16, 16)  # a 2.5D slab: the centre channel is the slice itself
+    assert torch.equal(tiny(in_channels=4, condition_skip=True)(x, t, slab), slab[:, 1:2])
+    trained = perturbed(tiny(condition_skip=True))
+    plain = perturbed(tiny())
+    assert torch.allclose(trained(x, t, cond), plain(x, t, cond) + cond, atol=1e-6)
+    with pytest.raises(ValueError, match="network.condition_skip: needs a conditioning image"):
+        tiny(conditioning_key="crossattn", condition_skip=True)

@@ -7,7 +7,8 @@ A manifest is a JSON file, one entry per patient::
                    "target": "site/case01/full.nii.gz", "split": "train", "metadata": {"dose_fraction": 0.25}}]}
 
 ``input`` (the noisy, low-dose scan) and ``target`` (the full-dose reference) are paths relative to a data
-root, written with '/': a DICOM series folder, a DICOM file, or a NIfTI file (anything ``load_scan`` reads).
+root, ``input`` optional (``null`` or left out: a full-dose-only patient, which trains by simulated dose,
+``data.dose_augmentation`` of ``paired_scans``), written with '/': a DICOM series folder, a DICOM file, or a NIfTI file (anything ``load_scan`` reads).
 The root is, in this order: the ``root`` argument (``--root``, ``data.root``); the manifest's optional
 ``"root"`` field, relative to the manifest's folder or absolute; the manifest's folder. ``metadata`` is
 optional; ``dose_fraction`` in it must lie in (0, 1]. Splits are by patient: one patient, one split.
@@ -36,7 +37,7 @@ FORMAT = "cdm4mi-manifest/1"
 _TOP_KEYS = {"format", "modality", "root", "patients"}
 _REQUIRED_TOP_KEYS = ("format", "modality", "patients")
 _PATIENT_KEYS = {"patient_id", "modality", "input", "target", "split", "metadata"}
-_REQUIRED_PATIENT_KEYS = ("patient_id", "input", "target", "split")
+_REQUIRED_PATIENT_KEYS = ("patient_id", "target", "split")
 _PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MODALITY = re.compile(r"[A-Z0-9 _]{1,16}")
 
@@ -47,8 +48,8 @@ class PatientEntry:
 
     patient_id: str
     """Pseudonym, e.g. 'P3f9a1c2b7d'."""
-    input: str
-    """Low-dose (noisy) scan, relative '/'-separated path."""
+    input: str | None
+    """Low-dose (noisy) scan, relative '/'-separated path; None for a full-dose-only patient."""
     target: str
     """Full-dose (reference) scan, relative '/'-separated path."""
     split: str
@@ -81,6 +82,11 @@ class Manifest:
         return {split: len(self.patients_in(split)) for split in SPLITS}
 
     def input_path(self, entry: PatientEntry) -> Path:
+        """The low-dose scan's path; a ``ValueError`` for a full-dose-only patient (no input)."""
+        if entry.input is None:
+            raise ValueError(f"{self.path or 'manifest'}: patient {entry.patient_id} has no low-dose input "
+                             "(full-dose only): simulate one with `cdm4mi simulate`, or train with "
+                             "data.dose_augmentation")
         return (self.root or Path()) / entry.input
 
     def target_path(self, entry: PatientEntry) -> Path:
@@ -195,7 +201,7 @@ def _parse_entry(item: Any, index: int, modality: str, where: str) -> PatientEnt
         raise ValueError(f"{patient}: metadata must be a JSON object")
     if "dose_fraction" in metadata:
         parse_dose_fraction(metadata["dose_fraction"], f"{patient}: metadata.dose_fraction")
-    scan_input = _relative_path(item["input"], f"{patient}: input")
+    scan_input = None if item.get("input") is None else _relative_path(item["input"], f"{patient}: input")
     target = _relative_path(item["target"], f"{patient}: target")
     if scan_input == target:
         raise ValueError(f"{patient}: input and target are the same path {scan_input}")
@@ -216,6 +222,8 @@ def _check_consistent(patients: Sequence[PatientEntry], where: str) -> None:
                              "patient_id must be unique")
         seen[entry.patient_id] = entry
         for path in (entry.input, entry.target):
+            if path is None:
+                continue
             if path in owner:
                 raise ValueError(f"{where}: patients {owner[path]} and {entry.patient_id} share the file {path}; "
                                  "each scan belongs to one patient")
@@ -224,7 +232,8 @@ def _check_consistent(patients: Sequence[PatientEntry], where: str) -> None:
 
 def _check_files(manifest: Manifest) -> None:
     for entry in manifest.patients:
-        for role, path in (("input", manifest.input_path(entry)), ("target", manifest.target_path(entry))):
+        roles = (("input", entry.input), ("target", entry.target))
+        for role, path in ((role, (manifest.root or Path()) / relative) for role, relative in roles if relative):
             if not path.exists():
                 relative = entry.input if role == "input" else entry.target
                 problem = ("is a broken symbolic link (its target is missing, or a loop of links)" if path.is_symlink()

@@ -30,6 +30,7 @@ val/test slices are never cropped.
 from __future__ import annotations
 
 import contextlib
+import zlib
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
@@ -38,14 +39,15 @@ import numpy as np
 import torch
 from monai.data import CacheDataset
 from monai.data import Dataset as MonaiDataset
-from monai.transforms import Compose, RandSpatialCropd, Transform
+from monai.transforms import Compose, RandFlipd, RandRotate90d, RandSpatialCropd, Transform
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, get_worker_info
 
 from cdm4mi.data.io import Scan, load_scan, resample_to
 from cdm4mi.data.manifest import Manifest, load_manifest
 from cdm4mi.data.metadata import check_fields, encode_metadata, resolve_metadata
-from cdm4mi.data.noise_estimate import estimate_noise_std
+from cdm4mi.data.dose_augmentation import DoseAugmentation, build_noise_bank, noise_scale
+from cdm4mi.data.noise_estimate import NOISE_ESTIMATORS, estimate_input_noise, units_per_hu
 from cdm4mi.data.normalize import HUWindow, Normalization, normalization_from_dict
 from cdm4mi.data.registry import DATASETS
 
@@ -69,6 +71,10 @@ def paired_scans(
     spacing_mm: list[float] | None = None,
     metadata: list[str] | None = None,
     metadata_dropout: float = 0.0,
+    patches_per_slice: int = 1,
+    augment: bool = False,
+    dose_augmentation: dict | None = None,
+    noise_estimator: Literal["wavelet", "ct_flat_regions"] = "wavelet",
 ) -> PairedScans:
     """The patients of ``split`` in ``manifest`` (see ``cdm4mi.data.manifest``) as denoising pairs.
 
@@ -91,6 +97,19 @@ def paired_scans(
             ``cdm4mi denoise`` builds the same vector for its input.
         metadata_dropout: while training, each field of each item is marked missing (encoded ``(0, 0)``)
             with this probability, so the model also learns to denoise scans whose dose or tags are unknown.
+        patches_per_slice: 2d/2.5d training: random crops per slice per epoch (each slice is listed this many
+            times), so a cohort of few slices still fills its batches with distinct patches.
+        augment: training items are flipped along each in-plane axis and rotated by multiples of 90 deg
+            (MONAI ``RandFlipd``/``RandRotate90d``; rotations only for square patches; 3d flips all axes).
+        dose_augmentation: CT only: ``{dose_range: [low, high], realizations, probability, val_dose}``; each
+            training item's input is the target plus projection-domain noise of a dose drawn in the range,
+            relative to the scan's own noise (``cdm4mi.data.dose_augmentation``). Patients without a
+            low-dose input (full-dose-only manifests) train this way; in val/test they get one fixed
+            simulated input at ``val_dose``. With ``noise_level`` in ``metadata`` each item carries its own
+            input noise level, and with ``dose_fraction`` its drawn dose.
+        noise_estimator: how the ``noise_level`` of a scan is estimated (here and by ``cdm4mi denoise``):
+            'wavelet' (white-noise wavelet MAD, reads low on CT noise) or 'ct_flat_regions' (std in the
+            flattest soft-tissue windows, right for FBP-correlated CT noise).
     """
     if context_slices < 1:
         raise ValueError(f"data.context_slices: must be >= 1, got {context_slices}")
@@ -104,9 +123,15 @@ def paired_scans(
         raise ValueError(f"data.spacing_mm: need 3 positive voxel sizes [d, h, w] in mm, got {spacing_mm}")
     if not 0.0 <= metadata_dropout <= 1.0:
         raise ValueError(f"data.metadata_dropout: must lie in [0, 1], got {metadata_dropout}")
+    if patches_per_slice < 1:
+        raise ValueError(f"data.patches_per_slice: must be >= 1, got {patches_per_slice}")
+    augmentation = DoseAugmentation.from_options(dose_augmentation)
     loaded = load_manifest(manifest, root=root)
+    if augmentation is not None and loaded.modality != "CT":
+        raise ValueError(f"data.dose_augmentation: simulates CT dose; the manifest's modality is {loaded.modality}")
     return PairedScans(loaded, split, mode, context_slices, patch_size, patches_per_volume,
-                       recipe(normalization, loaded.modality), cache, seed, spacing_mm, metadata, metadata_dropout)
+                       recipe(normalization, loaded.modality), cache, seed, spacing_mm, metadata, metadata_dropout,
+                       patches_per_slice, augment, augmentation, noise_estimator)
 
 
 def recipe(normalization: Mapping[str, Any] | None, modality: str) -> Normalization:
@@ -147,36 +172,64 @@ class LoadNormalizedPair(Transform):
 
     Output: ``input``/``target`` float32 ``[D, H, W]``, ``affine`` (RAS mm), ``normalization`` (the
     fitted settings as ``to_dict()``), ``patient_id``; with ``metadata`` fields also ``vector`` (float32
-    ``[2 * len(metadata)]``, ``cdm4mi.data.metadata``).
+    ``[2 * len(metadata)]``, ``cdm4mi.data.metadata``) and ``metadata_values`` (the values before encoding).
+    With ``augmentation`` also ``noise_bank`` (train: ``NoiseBank``) and ``has_input``; a record without an
+    input (full-dose only) gets ``input`` = the target plus simulated noise at the validation dose.
     """
 
     def __init__(self, normalization: Normalization, where: str, spacing_mm: list[float] | None = None,
-                 metadata: tuple[str, ...] | None = None) -> None:
+                 metadata: tuple[str, ...] | None = None, augmentation: DoseAugmentation | None = None,
+                 train: bool = False, seed: int = 0, noise_estimator: str = "wavelet") -> None:
         self.normalization = normalization
         self.where = where
         self.spacing_mm = spacing_mm
         self.metadata = metadata
+        self.augmentation, self.train, self.seed = augmentation, train, seed
+        self.noise_estimator = noise_estimator
 
     def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        scan_input = load_scan(record["input"], modality=record["modality"])
         target = load_scan(record["target"], modality=record["modality"])
-        if self.spacing_mm is not None:
-            scan_input, target = resample_to(scan_input, self.spacing_mm), resample_to(target, self.spacing_mm)
+        has_input = record["input"] is not None
         patient = f"{self.where}: patient {record['patient_id']}"
-        check_pair(scan_input, target, patient)
-        fitted = self.normalization.fit(scan_input.array)
+        if not has_input and self.augmentation is None:
+            raise ValueError(f"{patient}: no low-dose input (full-dose only); train it with "
+                             "data.dose_augmentation, or simulate an input with `cdm4mi simulate`")
+        scan_input = load_scan(record["input"], modality=record["modality"]) if has_input else None
+        if self.spacing_mm is not None:
+            target = resample_to(target, self.spacing_mm)
+            scan_input = None if scan_input is None else resample_to(scan_input, self.spacing_mm)
+        if scan_input is not None:
+            check_pair(scan_input, target, patient)
+        bank = None
+        if self.augmentation is not None and (self.train or not has_input):
+            # One seed per patient, whatever order the cache loads them in.
+            seed = self.seed + zlib.crc32(record["patient_id"].encode())
+            bank = build_noise_bank(target.array, target.spacing_mm[1:],
+                                    self.augmentation.realizations if self.train else 1, seed)
+        input_hu = scan_input.array if scan_input is not None else \
+            target.array + bank.noise[0] * noise_scale(self.augmentation.validation_dose)
+        fitted = self.normalization.fit(input_hu)
         loaded = {
             "patient_id": record["patient_id"],
-            "input": np.asarray(fitted.forward(scan_input.array), dtype=np.float32),
+            "input": np.asarray(fitted.forward(input_hu), dtype=np.float32),
             "target": np.asarray(fitted.forward(target.array), dtype=np.float32),
-            "affine": scan_input.affine,
+            "affine": target.affine,
             "normalization": fitted.to_dict(),
+            "has_input": has_input,
         }
+        if bank is not None and self.train:
+            loaded["noise_bank"] = bank
         if self.metadata:
-            reference = scan_input.dicom_reference
-            values, _ = resolve_metadata(self.metadata, record.get("metadata"),
-                                         None if reference is None else reference.header,
-                                         lambda: estimate_noise_std(loaded["input"]), f"{patient}: metadata")
+            reference = (scan_input if scan_input is not None else target).dicom_reference
+            given = dict(record.get("metadata") or {})
+            if not has_input:  # the simulated input's dose and noise are known
+                given.setdefault("dose_fraction", self.augmentation.validation_dose)
+                given.setdefault("noise_level", bank.input_noise_hu(self.augmentation.validation_dose)
+                                 * units_per_hu(fitted))
+            values, _ = resolve_metadata(self.metadata, given, None if reference is None else reference.header,
+                                         lambda: estimate_input_noise(loaded["input"], fitted, self.noise_estimator),
+                                         f"{patient}: metadata")
+            loaded["metadata_values"] = values
             loaded["vector"] = encode_metadata(self.metadata, values)
         return loaded
 
@@ -188,7 +241,8 @@ class PairedScans(Dataset):
                  patch_size: list[int] | None = None, patches_per_volume: int = 16,
                  normalization: Normalization | None = None, cache: str = "memory", seed: int = 0,
                  spacing_mm: list[float] | None = None, metadata: list[str] | None = None,
-                 metadata_dropout: float = 0.0) -> None:
+                 metadata_dropout: float = 0.0, patches_per_slice: int = 1, augment: bool = False,
+                 dose_augmentation: DoseAugmentation | None = None, noise_estimator: str = "wavelet") -> None:
         if mode not in MODES:
             raise ValueError(f"data.mode: unknown '{mode}'; choose one of {list(MODES)}")
         if cache not in ("memory", "none"):
@@ -204,11 +258,16 @@ class PairedScans(Dataset):
         self.metadata = None if metadata is None else check_fields(metadata, "data.metadata")
         """Metadata fields encoded into ``cond["vector"]``, or None: ``cond`` is the image alone."""
         self.metadata_dropout = metadata_dropout if split == "train" else 0.0
+        if noise_estimator not in NOISE_ESTIMATORS:
+            raise ValueError(f"data.noise_estimator: unknown '{noise_estimator}'; choose one of {list(NOISE_ESTIMATORS)}")
+        self.noise_estimator = noise_estimator
+        self.dose_augmentation = dose_augmentation
         self.patient_ids = [entry.patient_id for entry in entries]
-        records = [{"patient_id": e.patient_id, "input": str(manifest.input_path(e)),
+        records = [{"patient_id": e.patient_id, "input": None if e.input is None else str(manifest.input_path(e)),
                     "target": str(manifest.target_path(e)), "modality": e.modality, "metadata": dict(e.metadata)}
                    for e in entries]
-        loader = LoadNormalizedPair(self.normalization, str(manifest.path or "manifest"), spacing_mm, self.metadata)
+        loader = LoadNormalizedPair(self.normalization, str(manifest.path or "manifest"), spacing_mm, self.metadata,
+                                    dose_augmentation, split == "train", seed, noise_estimator)
         with _original_errors():
             if cache == "memory":
                 # copy_cache=False: items are copied out of the cache, never changed in it.
@@ -218,12 +277,24 @@ class PairedScans(Dataset):
                 self._volumes = MonaiDataset(records, loader)
             shapes = [self._volume(v)["input"].shape for v in range(len(records))]
         self._check_patch_size(shapes)
-        self._index = self._build_index(shapes, patches_per_volume)
-        self._crop = None
-        if patch_size is not None and split == "train":
-            self._crop = RandSpatialCropd(keys=("x0", "cond"), roi_size=patch_size, random_size=False)
+        self._index = self._build_index(shapes, patches_per_volume, patches_per_slice if split == "train" else 1)
+        self._crop = self._training_transform(augment) if split == "train" else None
+        if self._crop is not None:
             self._crop.set_random_state(seed)
         self._crop_worker: tuple[int, int] | None = None
+
+    def _training_transform(self, augment: bool) -> Compose | None:
+        """Random crop (``patch_size``), then flips and 90-degree rotations (``augment``), on the same keys."""
+        keys = ("x0", "cond", "clean", "noise") if self.dose_augmentation is not None else ("x0", "cond")
+        transforms: list[Transform] = []
+        if self.patch_size is not None:
+            transforms.append(RandSpatialCropd(keys=keys, roi_size=self.patch_size, random_size=False))
+        if augment:
+            dims = 3 if self.mode == "3d" else 2
+            transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(dims)]
+            if self.patch_size is not None and self.patch_size[-1] == self.patch_size[-2]:
+                transforms.append(RandRotate90d(keys=keys, prob=0.75, max_k=3, spatial_axes=(dims - 2, dims - 1)))
+        return Compose(transforms) if transforms else None
 
     def __len__(self) -> int:
         return len(self._index)
@@ -239,14 +310,61 @@ class PairedScans(Dataset):
             item = self._patch(volume, where)
         else:
             item = self._slice(volume, where[0])
+        dose = self._simulated_dose(volume)
+        if dose is not None:  # the target laid out like cond (2.5d: with its neighbours), and the noise
+            item["clean"] = self._like_cond(volume["target"], where)
+            item["noise"] = self._like_cond(volume["noise_bank"].noise[int(torch.randint(self._realizations, ()))],
+                                            where)
         if self._crop is not None:
-            item.update(self._random_crop({"x0": item["x0"], "cond": item["cond"]}))
+            keys = [key for key in ("x0", "cond", "clean", "noise") if key in item]
+            item.update(self._random_crop({key: item[key] for key in keys}))
             item.pop("patch_start", None)  # a random patch has no fixed place
+        if dose is not None:
+            item["cond"] = self._simulated_input(volume, item.pop("clean"), item.pop("noise"), dose)
         # Items never share memory with the cached volumes, so changing one cannot change the cache.
         item["x0"], item["cond"] = (item[key].clone(memory_format=torch.contiguous_format) for key in ("x0", "cond"))
         if self.metadata:
-            item["cond"] = {"image": item["cond"], "vector": self._vector(volume["vector"])}
+            vector = volume["vector"]
+            if dose is not None:  # this item's own dose and input noise
+                noise_level = volume["noise_bank"].input_noise_hu(dose) * self._units_per_hu(volume)
+                vector = encode_metadata(self.metadata, {**volume["metadata_values"], "dose_fraction": dose,
+                                                         "noise_level": noise_level})
+            item["cond"] = {"image": item["cond"], "vector": self._vector(vector)}
         return item
+
+    @property
+    def _realizations(self) -> int:
+        return self.dose_augmentation.realizations
+
+    def _simulated_dose(self, volume: Mapping[str, Any]) -> float | None:
+        """The dose this training item is simulated at, or None for the real low-dose input."""
+        if "noise_bank" not in volume:
+            return None
+        if volume["has_input"] and float(torch.rand(())) >= self.dose_augmentation.probability:
+            return None
+        return self.dose_augmentation.draw_dose()
+
+    def _like_cond(self, volume: np.ndarray, where: list[int]) -> torch.Tensor:
+        """A ``[D, H, W]`` array cut like an item's ``cond``: a slice (2.5d: with neighbours) or a 3d patch."""
+        as_input = {"input": volume, "target": volume, "patient_id": ""}
+        return self._patch(as_input, where)["cond"] if self.mode == "3d" else self._slice(as_input, where[0])["cond"]
+
+    def _simulated_input(self, volume: Mapping[str, Any], clean: torch.Tensor, noise_hu: torch.Tensor,
+                         dose: float) -> torch.Tensor:
+        """Clean target (model units) plus the bank's noise (HU) scaled to ``dose``, in model units."""
+        fitted = self._fitted(volume)
+        noisy_hu = np.asarray(fitted.inverse(clean.numpy())) + noise_scale(dose) * noise_hu.numpy()
+        return torch.as_tensor(np.asarray(fitted.forward(noisy_hu), dtype=np.float32))
+
+    def _fitted(self, volume: Mapping[str, Any]) -> Normalization:
+        key = volume["patient_id"]
+        cache = self.__dict__.setdefault("_fitted_cache", {})
+        if key not in cache:
+            cache[key] = normalization_from_dict(volume["normalization"])
+        return cache[key]
+
+    def _units_per_hu(self, volume: Mapping[str, Any]) -> float:
+        return units_per_hu(self._fitted(volume))
 
     def _vector(self, encoded: np.ndarray) -> torch.Tensor:
         """The encoded metadata of an item, with fields dropped to missing at ``metadata_dropout`` (train)."""
@@ -321,12 +439,13 @@ class PairedScans(Dataset):
                                  f"{'volume' if self.mode == '3d' else 'slices'} of patient {patient} "
                                  f"({list(spatial)} voxels)")
 
-    def _build_index(self, shapes: list[tuple[int, ...]], patches_per_volume: int) -> np.ndarray:
-        """Rows (volume, slice) for 2d/2.5d; (volume, d, h, w start) for 3d."""
+    def _build_index(self, shapes: list[tuple[int, ...]], patches_per_volume: int,
+                     patches_per_slice: int = 1) -> np.ndarray:
+        """Rows (volume, slice) for 2d/2.5d, each slice ``patches_per_slice`` times; (volume, d, h, w start) for 3d."""
         rows: list[tuple[int, ...]] = []
         for v, shape in enumerate(shapes):
             if self.mode != "3d":
-                rows.extend((v, k) for k in range(shape[0]))
+                rows.extend((v, k) for k in range(shape[0]) for _ in range(patches_per_slice))
             elif self.patch_size is None:
                 rows.append((v, 0, 0, 0))
             elif self.split == "train":

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cdm4mi.data.io import Scan, resample_like, resample_to
 from cdm4mi.data.metadata import encode_metadata, resolve_metadata
-from cdm4mi.data.noise_estimate import estimate_noise_std
+from cdm4mi.data.noise_estimate import estimate_input_noise
 from cdm4mi.data.normalize import HUWindow, normalization_from_dict
 from cdm4mi.diffusion import warm_start
 from cdm4mi.training.module import DiffusionModule
@@ -46,7 +46,12 @@ class DenoiseResult:
 
 def model_normalization(module: DiffusionModule):
     """The normalization the model was trained with (``data.normalization``; CT HU window by default)."""
-    spec = module.config.data.get("normalization")
+    return data_normalization(module.config.data)
+
+
+def data_normalization(data: Mapping[str, Any]):
+    """The normalization a ``data`` config section trains with (``normalization``; CT HU window by default)."""
+    spec = data.get("normalization")
     return normalization_from_dict(spec) if spec else HUWindow()
 
 
@@ -58,7 +63,7 @@ def neighbour_stack(volume: torch.Tensor, context_slices: int) -> torch.Tensor:
     return volume[index]
 
 
-def _pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     height, width = images.shape[-2:]
     pad_h, pad_w = -height % multiple, -width % multiple
     return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate"), (height, width)
@@ -109,8 +114,8 @@ def denoise_volume(
 ) -> DenoiseResult:
     """Denoise a [D, H, W] volume (HU for CT) with a 2D (slice-batched) or 3D (sliding-window) model.
 
-    ``t_start=None`` picks the timestep matching the estimated input noise (twice its variance when
-    ``samples > 1``, so draws differ). Returns the mean over ``samples`` draws and their std.
+    ``t_start=None`` picks the timestep whose noise std is ``sampling.warm_start_factor`` times the estimated
+    input noise (at least sqrt(2) times when ``samples > 1``, so draws differ). Returns the mean over ``samples`` draws and their std.
 
     For a model trained with ``data.metadata``: ``metadata`` (field -> value, ``cdm4mi.data.metadata``;
     fields the model does not take are ignored) and the tags of ``dicom_header`` give the vector, and the
@@ -124,18 +129,14 @@ def denoise_volume(
     device = module.device
     normalization = model_normalization(module).fit(volume)
     units = torch.as_tensor(np.asarray(normalization.forward(volume.astype(np.float32))), dtype=torch.float32)
+    sigma, values, sources = input_noise_and_metadata(module, units, normalization, metadata, dicom_header,
+                                                      input_noise_std)
     fields = model_metadata_fields(module)
-    values, sources = resolve_metadata(fields, metadata, dicom_header, None, "--metadata") if fields else ({}, {})
-    if input_noise_std is None:
-        input_noise_std = values.get("noise_level")
-    sigma = estimate_noise_std(units.numpy()) if input_noise_std is None else input_noise_std
-    if sources.get("noise_level") == "missing":  # a noise std passed as input_noise_std counts as given
-        values["noise_level"] = sigma
-        sources["noise_level"] = "estimated" if input_noise_std is None else "given"
     vector = torch.from_numpy(encode_metadata(fields, values)).to(device) if fields else None
     limit = module.objective.max_train_timestep
     if t_start is None:
-        t_start = module.schedule.timestep_for_noise_std(sigma * (2**0.5 if samples > 1 else 1.0))
+        factor = module.config.sampling.warm_start_factor
+        t_start = module.schedule.timestep_for_noise_std(sigma * max(factor, 2**0.5 if samples > 1 else 1.0))
         t_start = t_start if limit is None else min(t_start, limit)
     elif limit is not None and t_start > limit:
         raise ValueError(f"--t-start: {t_start} lies beyond the timesteps this model was trained on (<= {limit})")
@@ -150,6 +151,37 @@ def denoise_volume(
         unit_in_scan = float(normalization.inverse(np.float32(1.0)) - normalization.inverse(np.float32(0.0)))
         std = (stack.std(0).numpy() * abs(unit_in_scan)).astype(np.float32)
     return DenoiseResult(mean, std, t_start, sigma, values, sources)
+
+
+def input_noise_and_metadata(module: DiffusionModule, units: torch.Tensor, normalization, metadata: Mapping | None,
+                             dicom_header: Dataset | None, input_noise_std: float | None = None
+                             ) -> tuple[float, dict[str, Any], dict[str, str]]:
+    """The input's noise std (model units) and the metadata values the model takes, with their sources.
+
+    The noise std is ``input_noise_std``, else a given ``noise_level``, else the estimate of the model's
+    ``data.noise_estimator``; it also fills a ``noise_level`` field that neither metadata nor tags gave."""
+    fields = model_metadata_fields(module)
+    values, sources = resolve_metadata(fields, metadata, dicom_header, None, "--metadata") if fields else ({}, {})
+    if input_noise_std is None:
+        input_noise_std = values.get("noise_level")
+    estimator = module.config.data.get("noise_estimator", "wavelet")
+    sigma = estimate_input_noise(units.numpy(), normalization, estimator) if input_noise_std is None else input_noise_std
+    if sources.get("noise_level") == "missing":  # a noise std passed as input_noise_std counts as given
+        values["noise_level"] = sigma
+        sources["noise_level"] = "estimated" if input_noise_std is None else "given"
+    return float(sigma), values, sources
+
+
+def scan_vector(module: DiffusionModule, scan: Scan, metadata: Mapping | None = None) -> torch.Tensor | None:
+    """The encoded metadata vector ``cdm4mi denoise`` feeds the model for ``scan`` (None: the model takes none)."""
+    fields = model_metadata_fields(module)
+    if not fields:
+        return None
+    normalization = model_normalization(module).fit(scan.array)
+    units = torch.as_tensor(np.asarray(normalization.forward(scan.array.astype(np.float32))), dtype=torch.float32)
+    header = None if scan.dicom_reference is None else scan.dicom_reference.header
+    _, values, _ = input_noise_and_metadata(module, units, normalization, metadata, header)
+    return torch.from_numpy(encode_metadata(fields, values))
 
 
 def model_metadata_fields(module: DiffusionModule) -> tuple[str, ...]:
@@ -170,7 +202,7 @@ def _run_model(module: DiffusionModule, denoiser: WarmStartDenoiser, units: torc
     multiple = getattr(module.backbone, "size_multiple", 1)  # U-Net: 2^(levels - 1); DiT: its patch size
     outputs = []
     for start in tqdm(range(0, len(cond), batch_size), desc=description, unit="batch", disable=not progress):
-        batch, (height, width) = _pad_to_multiple(cond[start : start + batch_size].to(module.device), multiple)
+        batch, (height, width) = pad_to_multiple(cond[start : start + batch_size].to(module.device), multiple)
         outputs.append(denoiser(batch)[:, 0, :height, :width].cpu())
     return torch.cat(outputs)
 

@@ -142,6 +142,11 @@ class ConditionalUNet(nn.Module):
     ``in_channels - out_channels`` for concat/hybrid/adaln, 1 for crossattn), ``vector_dim`` (metadata
     vector size), ``num_classes`` (class labels), ``cond_drop_prob`` (classifier-free guidance training),
     ``cond_patch_size``/``token_dim``/``max_cond_tokens`` (the image tokenizer of crossattn/hybrid).
+
+    ``condition_skip``: the output is the network's plus the conditioning image (its centre ``out_channels``
+    channels, the slice itself for a 2.5D slab). For an x0-predicting denoiser this is residual learning
+    (DnCNN, RED-CNN): with the zero-initialised head the untrained model returns its low-dose input, and the
+    network only learns the correction, which few training scans teach far better than the whole image.
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 2, out_channels: int = 1, base_channels: int = 64,
@@ -152,7 +157,7 @@ class ConditionalUNet(nn.Module):
                  cond_channels: Optional[int] = None, vector_dim: int = 0, num_classes: int = 0,
                  cond_drop_prob: float = 0.0, cond_patch_size: int = 8, token_dim: int = 128,
                  max_cond_tokens: int = 256, attention_window: Optional[int] = None,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, condition_skip: bool = False):
         super().__init__()
         channel_mult, attention_levels = list(channel_mult), list(attention_levels)
         _validate_options(spatial_dims, base_channels, channel_mult, attention_levels, num_head_channels, dropout,
@@ -161,6 +166,10 @@ class ConditionalUNet(nn.Module):
         self.size_multiple = 2 ** (len(channel_mult) - 1)
         self.gradient_checkpointing = gradient_checkpointing
         self.cond_drop_prob = cond_drop_prob
+        if condition_skip and conditioning_key not in ("concat", "hybrid", "adaln"):
+            raise ValueError(f"network.condition_skip: needs a conditioning image of the output's size "
+                             f"(conditioning_key concat, hybrid or adaln), not {conditioning_key!r}")
+        self.condition_skip, self.out_channels = condition_skip, out_channels
         emb_dim = 4 * base_channels
         self.time_embedding = TimestepEmbedding(base_channels, emb_dim)
         if cond_channels is None:
@@ -220,6 +229,9 @@ class ConditionalUNet(nn.Module):
             h = self._run(block, h, emb, context)
         for block in self.decoder:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context)
+        if self.condition_skip and condition.image is not None:
+            centre = (condition.image.shape[1] - self.out_channels) // 2
+            return self.head(h) + condition.image[:, centre : centre + self.out_channels]
         return self.head(h)
 
     def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:

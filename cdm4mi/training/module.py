@@ -111,6 +111,7 @@ class DiffusionModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # The same timesteps and noise at every validation, so the curve shows the model, not the draw.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        batch = pad_images(batch, getattr(self.backbone, "size_multiple", 1))
         loss = self.objective.loss(self.backbone, batch["x0"], batch.get("cond"), generator=generator)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["x0"].shape[0])
         if batch_idx == 0:
@@ -196,6 +197,25 @@ class DiffusionModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def pad_images(batch: dict[str, Any], multiple: int) -> dict[str, Any]:
+    """``x0`` and the conditioning image(s) of a batch of whole slices/volumes, edge-padded at the end of each
+    spatial axis to a multiple of ``multiple`` (a U-Net halves the size at each level): validation runs
+    whole scans, whose size need not be one the network can take."""
+    x0 = batch["x0"]
+    if multiple <= 1 or x0.ndim < 4 or all(size % multiple == 0 for size in x0.shape[2:]):
+        return batch
+    padding = [p for size in reversed(x0.shape[2:]) for p in (0, -size % multiple)]
+
+    def pad(value: object) -> object:
+        if torch.is_tensor(value) and value.ndim == x0.ndim and value.shape[2:] == x0.shape[2:]:
+            return torch.nn.functional.pad(value, padding, mode="replicate")
+        if isinstance(value, dict):
+            return {key: pad(item) for key, item in value.items()}
+        return value
+
+    return {**batch, "x0": pad(x0), "cond": pad(batch.get("cond"))}
 
 
 def first_samples(cond: object, count: int) -> object:

@@ -140,7 +140,8 @@ def fit(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[
         raise ValueError(f"output_dir: {output_dir} already holds a run; pass --resume to continue it, "
                          "--overwrite to start over, or choose another output_dir")
     check_vector_dim(config)
-    datamodule = DiffusionDataModule(config.data, config.training.batch_size, config.training.num_workers)
+    datamodule = DiffusionDataModule(config.data, config.training.batch_size, config.training.num_workers,
+                                     validate=config.training.val_batches > 0)
     datamodule.setup("fit")
     check_network_fits_data(config, datamodule.train_set)
     module = DiffusionModule(config.model_dump(mode="json"), datamodule.data_state())
