@@ -12,8 +12,14 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--patients", "4", "--max-steps", "4"]) == 0
     printed = capsys.readouterr().out
-    for stage in ("1/4", "2/4", "3/4", "4/4", "demo finished"):
+    for stage in ("1/5", "2/5", "3/5", "4/5", "5/5", "demo finished"):
         assert stage in printed
+    # The real slice: a row per method with PSNR, SSIM and RMSE, and the figure with the lesions circled.
+    real_rows = [line.split() for line in printed.splitlines()
+                 if line.split()[:1] in (["low_dose_input"], ["gaussian"], ["nlm"], ["model"]) and len(line.split()) == 4]
+    assert [row[0] for row in real_rows] == ["low_dose_input", "gaussian", "nlm", "model"]
+    assert all(10 < float(row[1]) < 60 and 0 < float(row[2]) <= 1 for row in real_rows)
+    assert (out / "real_ct" / "ct_small_lesions.png").stat().st_size > 10_000
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     assert summary["hu_window"] == [-1000.0, 1000.0] and summary["data_range"] == 2000.0
     assert (out / "evaluation" / "metrics.csv").is_file() and list((out / "evaluation" / "figures").glob("*.png"))

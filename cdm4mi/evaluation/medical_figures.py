@@ -124,3 +124,32 @@ def save_patient_metric_plot(summary_or_rows: dict | Sequence[dict], path: str |
     axis.set_title("\n".join([" — ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else parts[0], fontsize=10)
     return save_png(figure, path, overwrite)
 
+
+
+def save_methods_with_lesions(images_hu: dict[str, np.ndarray], lesions: Sequence, pixel_mm: float, path: str | Path,
+                              window: tuple[float, float] = SOFT_TISSUE_HU_WINDOW, title: str = "",
+                              overwrite: bool = False) -> Path:
+    """One PNG row of a slice [H, W] (HU) per method ("full dose", "low-dose input", "gaussian", "model"...),
+    in one display ``window``, with each inserted lesion (``cdm4mi.evaluation.observers.Lesion``: row, col,
+    diameter_mm; ``pixel_mm`` the pixel size) circled in every panel, so a reader sees which method keeps
+    which lesion."""
+    low, high = check_hu_window(window)
+    shapes = {np.shape(image) for image in images_hu.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"save_methods_with_lesions: need 2D slices of one shape, got {sorted(shapes)}")
+    height, width = next(iter(shapes))
+    panel_inches = 3.2
+    figure, axes = plt.subplots(1, len(images_hu), squeeze=False, layout="constrained",
+                                figsize=(panel_inches * len(images_hu), panel_inches * height / width + 0.5))
+    for axis, (label, image) in zip(axes[0], images_hu.items()):
+        axis.imshow(np.asarray(image, dtype=np.float64), cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        for lesion in lesions:
+            radius_px = lesion.diameter_mm / 2 / pixel_mm
+            axis.add_patch(plt.Circle((lesion.col, lesion.row), radius_px + 3, fill=False, color="#ffb000",
+                                      linewidth=0.7))
+        axis.set_title(label, fontsize=10)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    heading = f"display window [{low:g}, {high:g}] HU; circles: inserted lesions"
+    figure.suptitle(f"{title} — {heading}" if title else heading, fontsize=11)
+    return save_png(figure, path, overwrite)
