@@ -15,7 +15,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
 TORCH_INDEX ?=
 PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 
-.PHONY: demo test test-fast bench bench-quality setup clean
+.PHONY: demo test test-fast lint bench bench-quality setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: $(VENV)/.installed
 # the inner loop: every test not marked slow (the end-to-end trainings)
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# unused or undefined names, syntax, import order (ruff; settings in pyproject.toml)
+lint: $(VENV)/.installed
+	$(BIN)/python -m pip install -q "ruff>=0.6"
+	$(BIN)/python -m ruff check cdm4mi tests benchmarks scripts
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_unet.py

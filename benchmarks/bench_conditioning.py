@@ -33,17 +33,17 @@ from pathlib import Path
 
 import torch
 
+from cdm4mi.cohort.discover import build_manifest, scan_folder
+from cdm4mi.cohort.manifest import Manifest, load_manifest, save_manifest
 from cdm4mi.config import builtin_config, load_config
-from cdm4mi.data.hospital import (
+from cdm4mi.evaluation.metrics import evaluate_patient
+from cdm4mi.inference.denoise import denoise_scan
+from cdm4mi.io.read import load_scan
+from cdm4mi.simulate.hospital import (
     HospitalSpec,
     build_phantom_hospital,
     record_dose_fractions,
 )
-from cdm4mi.data.io import load_scan
-from cdm4mi.data.manifest import Manifest, load_manifest, save_manifest
-from cdm4mi.data.pairing import build_manifest, scan_folder
-from cdm4mi.evaluation.metrics import evaluate_patient
-from cdm4mi.inference.denoise import denoise_scan
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
 

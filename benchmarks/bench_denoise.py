@@ -28,8 +28,8 @@ from bench_unet import time_case  # benchmarks/ is on sys.path when this file is
 from torch import nn
 
 from cdm4mi.config import builtin_config, load_config
-from cdm4mi.data.phantom import make_ct_phantom
 from cdm4mi.inference.denoise import denoise_volume, model_normalization
+from cdm4mi.simulate.phantom import make_ct_phantom
 from cdm4mi.training.module import DiffusionModule
 
 TARGET_S_PER_SLICE = 1.0  # the project's goal for a 512 x 512 slice on 2 CPU cores

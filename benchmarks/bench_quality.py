@@ -3,7 +3,7 @@
     python benchmarks/bench_quality.py            # every shipped CT patient, 25/10/50 % dose
     python benchmarks/bench_quality.py --quick    # smoke test: one fold, a few steps, small lesion set
 
-For each real CT scan (``cdm4mi.data.shipped``: pydicom's and pydicom-data's CT test files):
+For each real CT scan (``cdm4mi.io.shipped``: pydicom's and pydicom-data's CT test files):
 
 1. Known low-contrast disks (``--lesion-diameters`` mm x ``--lesion-contrasts`` HU, at random soft-tissue
    positions, recorded) are inserted into the full-dose scan, which becomes the reference of its test fold.
@@ -36,16 +36,17 @@ from pathlib import Path
 import numpy as np
 
 from cdm4mi.config import load_config
-from cdm4mi.data.ct_noise import simulate_relative_dose
-from cdm4mi.data.io import load_scan
-from cdm4mi.data.noise_estimate import estimate_ct_noise_hu
-from cdm4mi.data.shipped import available_ct
-from cdm4mi.data.writers import write_nifti
-from cdm4mi.evaluation.medical_figures import save_methods_with_lesions
 from cdm4mi.evaluation.baselines import gaussian_filter_baseline, nlm_baseline
+from cdm4mi.evaluation.calibration import calibrate_checkpoint, describe_calibration
+from cdm4mi.evaluation.medical_figures import save_methods_with_lesions
 from cdm4mi.evaluation.metrics import body_mask, slice_metrics
 from cdm4mi.evaluation.supervised import train_supervised
 from cdm4mi.inference.denoise import denoise_scan
+from cdm4mi.io.read import load_scan
+from cdm4mi.io.shipped import available_ct
+from cdm4mi.io.write import write_nifti
+from cdm4mi.simulate.ct_dose import simulate_relative_dose
+from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import fit
 
@@ -134,7 +135,11 @@ def run_fold(args: argparse.Namespace, cases: list[dict], held_out: dict, work: 
     config = load_config(args.config, overrides)
     start = time.perf_counter()
     fit(config, overwrite=True)
-    module = load_module(Path(config.output_dir) / "checkpoints" / "last.ckpt")
+    checkpoint = Path(config.output_dir) / "checkpoints" / "last.ckpt"
+    if config.sampling.calibrate_coverage is not None:  # what `cdm4mi train` does after fitting
+        calibration = calibrate_checkpoint(checkpoint, config.sampling.calibrate_coverage, args.samples, args.seed)
+        print(f"  fold {held_out['name']}: {describe_calibration(calibration)}", flush=True)
+    module = load_module(checkpoint)
     train_seconds = time.perf_counter() - start
     supervised = None
     if not args.no_supervised:

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from cdm4mi.data.ct_noise import simulate_low_dose_ct
-from cdm4mi.data.phantom import FIELD_OF_VIEW_MM, make_ct_phantom
+from cdm4mi.simulate.ct_dose import simulate_low_dose_ct
+from cdm4mi.simulate.phantom import FIELD_OF_VIEW_MM, make_ct_phantom
 
 DOSES = (0.1, 0.25, 0.5)
 

@@ -15,6 +15,16 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from cdm4mi.diffusion.ddpm import VARIANCES
+from cdm4mi.diffusion.objective import LOSS_TYPES, PARAMETERIZATIONS
+from cdm4mi.diffusion.ode import ODE_METHODS
+from cdm4mi.diffusion.sampling import SAMPLERS
+from cdm4mi.diffusion.schedule import SCHEDULES
+from cdm4mi.diffusion.sde import SDE_KINDS, VESDE, VPSDE
+from cdm4mi.diffusion.timesteps import SPACINGS
+
+# Choices come from the modules that implement them (Literal[tuple] is Literal of its items).
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -23,22 +33,22 @@ class _Section(BaseModel):
 class SDEConfig(_Section):
     """The continuous-time view (Song et al. 2021): train with denoising score matching on this SDE."""
 
-    kind: Literal["vp", "ve"]
-    beta_min: float = pydantic.Field(0.1, gt=0)  # VP: beta(t) = beta_min + t (beta_max - beta_min)
-    beta_max: float = pydantic.Field(20.0, gt=0)
-    sigma_min: float = pydantic.Field(0.01, gt=0)  # VE: sigma(t) = sigma_min (sigma_max / sigma_min)^t
-    sigma_max: float = pydantic.Field(50.0, gt=0)
+    kind: Literal[SDE_KINDS]
+    beta_min: float = pydantic.Field(VPSDE.beta_min, gt=0)  # VP: beta(t) = beta_min + t (beta_max - beta_min)
+    beta_max: float = pydantic.Field(VPSDE.beta_max, gt=0)
+    sigma_min: float = pydantic.Field(VESDE.sigma_min, gt=0)  # VE: sigma(t) = sigma_min (sigma_max / sigma_min)^t
+    sigma_max: float = pydantic.Field(VESDE.sigma_max, gt=0)
     t_min: float | None = pydantic.Field(None, gt=0, lt=1)  # smallest time trained and sampled (default per kind)
 
 
 class DiffusionConfig(_Section):
     timesteps: int = pydantic.Field(1000, ge=1)
-    beta_schedule: Literal["linear", "scaled_linear", "cosine", "sqrt", "custom"] = "linear"
+    beta_schedule: Literal[SCHEDULES] = "linear"
     beta_start: float | None = None
     beta_end: float | None = None
     betas: list[float] | str | None = None
-    parameterization: Literal["eps", "x0", "v"] = "eps"
-    loss_type: Literal["l1", "l2", "huber"] = "l2"
+    parameterization: Literal[PARAMETERIZATIONS] = "eps"
+    loss_type: Literal[LOSS_TYPES] = "l2"
     huber_delta: float = pydantic.Field(1.0, gt=0)
     min_snr_gamma: float | None = pydantic.Field(None, gt=0)
     max_train_timestep: int | None = pydantic.Field(None, ge=0)
@@ -49,23 +59,30 @@ class DiffusionConfig(_Section):
 class SamplingConfig(_Section):
     # ddim / ddpm need a discrete schedule; pc (predictor-corrector) and ode (probability flow) run on
     # either: on a DDPM-trained model through the VP SDE its schedule implies.
-    sampler: Literal["ddim", "ddpm", "pc", "ode"] = "ddim"
+    sampler: Literal[SAMPLERS] = "ddim"
     steps: int = pydantic.Field(50, ge=1)
     eta: float = pydantic.Field(0.0, ge=0)
-    timestep_spacing: Literal["leading", "trailing", "linspace"] = "trailing"
+    timestep_spacing: Literal[SPACINGS] = "trailing"
     clip_x0: tuple[float, float] | None = None
-    variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
+    variance: Literal[VARIANCES] = "fixed_small"
     # Classifier-free guidance weight: 1 = the conditional model; needs network.cond_drop_prob > 0.
     guidance_scale: float = pydantic.Field(1.0, ge=0)
     # Predictor-corrector: Langevin corrector steps per predictor step and their signal-to-noise ratio.
     snr: float = pydantic.Field(0.16, gt=0)
     n_corrector: int = pydantic.Field(1, ge=0)
-    ode_method: Literal["euler", "heun", "rk45"] = "heun"
+    ode_method: Literal[ODE_METHODS] = "heun"
     # Warm start (cdm4mi denoise): start where the forward process's noise std is this many times the input's
     # estimated noise, topping the input up with white noise. 1 starts at the input's own level; larger
     # factors drown the input's correlated (FBP) noise in the white noise the model was trained on, so the
     # first step sees what training showed it, and draws of --samples differ (at least sqrt(2) with samples).
     warm_start_factor: float = pydantic.Field(1.0, ge=1.0)
+    # Draw k of --samples sees the k-th of the 8 in-plane flips/quarter turns (undone after): the posterior
+    # mean is also a geometric self-ensemble. For models trained with flips and rotations (data.augment).
+    dihedral_draws: bool = False
+    # After `cdm4mi train` of a CT denoiser: calibrate the spread of --samples draws so that mean ± 2 std covers
+    # this share of body voxels of the full-dose truth (cdm4mi.evaluation.calibration); None: raw spread.
+    calibrate_coverage: float | None = pydantic.Field(None, gt=0, lt=1)
+    calibrate_samples: int = pydantic.Field(3, ge=2)
 
 
 class TrainingConfig(_Section):

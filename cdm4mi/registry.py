@@ -49,7 +49,7 @@ class Registry:
         constructor = self.get(name)
         target = constructor.__init__ if isinstance(constructor, type) else constructor
         parameters = {key: p for key, p in inspect.signature(target).parameters.items() if key != "self"}
-        hints = typing.get_type_hints(target)
+        hints = typing.get_type_hints(target, include_extras=True)  # keeps Annotated constraints
         for key, value in kwargs.items():
             if key not in parameters:
                 raise ValueError(f"{self.section}.{key}: unknown option for '{name}'; allowed: {list(parameters)}")

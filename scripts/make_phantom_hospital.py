@@ -12,13 +12,13 @@ in its metadata, for models conditioned on it (``data.metadata: [dose_fraction]`
 import argparse
 import secrets
 
-from cdm4mi.data.hospital import (
+from cdm4mi.cohort.discover import build_manifest, scan_folder
+from cdm4mi.cohort.manifest import save_manifest
+from cdm4mi.simulate.hospital import (
     HospitalSpec,
     build_phantom_hospital,
     record_dose_fractions,
 )
-from cdm4mi.data.manifest import save_manifest
-from cdm4mi.data.pairing import build_manifest, scan_folder
 
 
 def dose_fractions(text: str) -> float | tuple[float, ...]:

@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable
+from cdm4mi.cohort.discover import build_manifest, scan_folder
+from cdm4mi.cohort.manifest import load_manifest, save_manifest
 from cdm4mi.config import builtin_config, load_config
-from cdm4mi.data.hospital import HospitalSpec, build_phantom_hospital
-from cdm4mi.data.io import load_scan
-from cdm4mi.data.manifest import load_manifest, save_manifest
-from cdm4mi.data.pairing import build_manifest, scan_folder
-from cdm4mi.data.writers import write_volume
 from cdm4mi.evaluation.heldout import evaluate_heldout, write_heldout_report
 from cdm4mi.evaluation.real_slice import denoise_shipped_ct, format_rows
 from cdm4mi.inference.denoise import denoise_scan
+from cdm4mi.io.read import load_scan
+from cdm4mi.io.write import write_volume
+from cdm4mi.simulate.hospital import HospitalSpec, build_phantom_hospital
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
 

@@ -18,17 +18,18 @@ import sys
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
-from cdm4mi.data.deidentify import Deidentifier
-from cdm4mi.data.io import Scan, load_scan
 from cdm4mi.data.metadata import FIELDS, parse_value
-from cdm4mi.data.pairing import load_or_create_salt
-from cdm4mi.data.writers import NIFTI_SUFFIXES, write_volume
+from cdm4mi.evaluation.calibration import describe_calibration
+from cdm4mi.inference.checks import check_compatible, check_metadata
 from cdm4mi.inference.denoise import (
     DenoiseResult,
     denoise_scan,
-    model_metadata_fields,
     model_normalization,
 )
+from cdm4mi.io.deidentify import Deidentifier
+from cdm4mi.io.pseudonyms import load_or_create_salt
+from cdm4mi.io.read import load_scan
+from cdm4mi.io.write import NIFTI_SUFFIXES, write_volume
 from cdm4mi.training.checkpoint import load_module
 
 PRIVATE_FIELDS = ("age_years", "sex")  # used, but their values are never printed
@@ -100,13 +101,6 @@ def parse_metadata(items: list[str]) -> dict[str, float | str]:
     return values
 
 
-def check_metadata(given: dict[str, float | str], module, checkpoint: str) -> None:
-    """Every ``--metadata`` key is one the model was trained with."""
-    fields = model_metadata_fields(module)
-    unused = [key for key in given if key not in fields]
-    if unused:
-        trained = f"data.metadata {list(fields)}" if fields else "no metadata (data.metadata is not set)"
-        raise ValueError(f"--metadata: {checkpoint} was trained with {trained}, so {unused[0]} cannot be used")
 
 
 def describe_metadata(result: DenoiseResult) -> str:
@@ -121,26 +115,8 @@ def describe_metadata(result: DenoiseResult) -> str:
     return "metadata: " + ", ".join(parts)
 
 
-def check_compatible(scan: Scan, module, checkpoint: str) -> None:
-    """The checkpoint is a denoiser for this kind of scan: trained on paired scans, of the input's modality
-    (NIfTI carries none: the model's is used), and 2D or the input has the depth a 3D model needs."""
-    check_denoiser(module, checkpoint, scan.modality, "the input")
-    if module.card["data_mode"] == "3d" and scan.array.shape[0] < 2:
-        raise ValueError(f"--input: {scan.array.shape[0]} slice, but {checkpoint} is a 3D model that needs a volume; "
-                         "use a 2D model for single slices")
 
 
-def check_denoiser(module, checkpoint: str, modality: str, what: str) -> None:
-    """The checkpoint was trained to denoise scans of ``modality`` ('OT': unknown, accepted); ``what`` names
-    the data in the message ("the input", "the manifest ...")."""
-    card = module.card
-    if card["task"] != "denoise":
-        raise ValueError(f"--checkpoint: {checkpoint} was trained to generate samples of data '{card['data']}', "
-                         "not to denoise scans (train on paired_scans data)")
-    trained_on = card["modality"] or ("CT" if model_normalization(module).name == "hu_window" else "MR")
-    if modality not in (trained_on, "OT"):
-        raise ValueError(f"--checkpoint: {checkpoint} was trained on {trained_on} "
-                         f"({model_normalization(module).name} normalization) but {what} is {modality}")
 
 
 def deidentifier(args: argparse.Namespace, input_path: Path, output: Path) -> Deidentifier | None:
@@ -190,5 +166,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"output: {output}")
     if std_path is not None:
         write_volume(result.std, scan, std_path, "cdm4mi uncertainty (std)", args.overwrite, deidentifier=deidentify)
-        print(f"uncertainty (std over {args.samples} samples): {std_path}")
+        what = "calibrated std" if result.calibration else "std"
+        print(f"uncertainty ({what} over {args.samples} samples): {std_path}")
+        if result.calibration:
+            print(describe_calibration(result.calibration))
     return 0

@@ -23,14 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, staged_folder
-from cdm4mi.cli.denoise import check_denoiser
+from cdm4mi.cohort.manifest import load_manifest
+from cdm4mi.cohort.splits import fold_manifests
 from cdm4mi.config import load_config
-from cdm4mi.data.manifest import load_manifest, save_manifest
-from cdm4mi.evaluation.folds import fold_manifests
+from cdm4mi.evaluation.crossval import cross_validate, fold_overrides
 from cdm4mi.evaluation.generative import evaluate_generation
 from cdm4mi.evaluation.heldout import HeldOutResult, evaluate_heldout, write_heldout_report
+from cdm4mi.inference.checks import check_denoiser
 from cdm4mi.training.checkpoint import load_module
-from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -81,15 +81,13 @@ def run(args: argparse.Namespace) -> int:
         with staged_folder(out, overwrite=True) as stage:  # metrics.csv was checked above; figures go with it
             result = evaluate_heldout(module, manifest, args.split, figures_dir=stage / "figures", **evaluate)
             return report(result, stage, out, window, args)
-    load_config(args.config, fold_overrides(args, out / "fold1"))  # a bad config fails before any fold is made
+    load_config(args.config, fold_overrides(args.overrides, out / "fold1"))  # a bad config fails before any fold is made
     folds = fold_manifests(manifest, args.folds, seed=args.seed)
     with staged_folder(out, overwrite=True) as stage, removed_on_failure([out / f"fold{k + 1}" for k in range(len(folds))]):
-        result = cross_validate(args, folds, out, stage, evaluate)
+        result = cross_validate(args.config, args.overrides, folds, out, stage, evaluate, args.overwrite)
         return report(result, stage, out, window, args)
 
 
-def fold_overrides(args: argparse.Namespace, fold_dir: Path) -> list[str]:
-    return [*args.overrides, f"data.manifest={fold_dir / 'manifest.json'}", f"output_dir={fold_dir / 'run'}"]
 
 
 @contextlib.contextmanager
@@ -106,21 +104,6 @@ def removed_on_failure(folders: list[Path]) -> Iterator[None]:
         raise
 
 
-def cross_validate(args: argparse.Namespace, folds: list, out: Path, stage: Path, evaluate: dict) -> HeldOutResult:
-    """Train on each fold (its manifest and run under ``out/fold<k>``) and score its test patients; the figures
-    go to ``stage``."""
-    pooled = HeldOutResult()
-    for k, fold in enumerate(folds):
-        fold_dir = out / f"fold{k + 1}"
-        save_manifest(fold, fold_dir / "manifest.json", overwrite=args.overwrite)
-        config = load_config(args.config, fold_overrides(args, fold_dir))
-        fit(config, overwrite=args.overwrite and (fold_dir / "run" / CHECKPOINT_DIR / LAST_CHECKPOINT).exists())
-        module = load_module(fold_dir / "run" / CHECKPOINT_DIR / LAST_CHECKPOINT)
-        fold_result = evaluate_heldout(module, fold, "test", figures_dir=stage / "figures", **evaluate)
-        pooled.rows += [{**row, "fold": k + 1} for row in fold_result.rows]
-        pooled.figures += fold_result.figures
-        pooled.warm_starts.update(fold_result.warm_starts)
-    return pooled
 
 
 def report(result: HeldOutResult, stage: Path, out: Path, window: tuple[float, float], args: argparse.Namespace) -> int:

@@ -16,21 +16,10 @@ import sys
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable
-from cdm4mi.data.manifest import Manifest, load_manifest, save_manifest
-from cdm4mi.data.pairing import (
-    DEFAULT_FRACTIONS,
-    DEFAULT_INPUT_KEYWORDS,
-    DEFAULT_TARGET_KEYWORDS,
-    LAYOUTS,
-    SALT_BYTES,
-    build_manifest,
-    check_fractions,
-    check_outside_version_control,
-    load_or_create_salt,
-    scan_folder,
-    write_id_map,
-)
-from cdm4mi.data.registry import SPLITS
+from cdm4mi.cohort.discover import DEFAULT_INPUT_KEYWORDS, DEFAULT_TARGET_KEYWORDS, LAYOUTS, build_manifest, scan_folder
+from cdm4mi.cohort.manifest import Manifest, load_manifest, save_manifest
+from cdm4mi.cohort.splits import DEFAULT_FRACTIONS, SPLITS, check_fractions
+from cdm4mi.io.pseudonyms import SALT_BYTES, check_outside_version_control, load_or_create_salt, write_id_map
 
 _EPILOG = """layouts:
   nifti  <root>/<patient>/low.nii.gz (input) + <root>/<patient>/full.nii.gz (target); also .nii and the names

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cdm4mi.atomic import atomic_output, check_writable
 from cdm4mi.data.registry import build_dataset
-from cdm4mi.evaluation.figures import save_sample_preview
 from cdm4mi.evaluation.image_figures import pick_frames, save_image_grid, save_process_strip
+from cdm4mi.inference.generate import sample_batches
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.module import DiffusionModule
+from cdm4mi.training.previews import save_sample_preview
 
 SUFFIXES = (".npy", ".pt", ".h5ad")
 
@@ -126,7 +126,6 @@ def sample_labels(classes: str | None, class_names: list[str] | None, count: int
 def draw(module: DiffusionModule, shape: torch.Size, labels: torch.Tensor | None, args: argparse.Namespace,
          overrides: dict) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
     """Samples in batches; the first batch's first rows are recorded along the way for the process strip."""
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
     steps = overrides.get("steps", module.config.sampling.steps)
     recorded = set(pick_frames(steps, count=8))
     frames: list[tuple[str, torch.Tensor]] = []
@@ -136,16 +135,13 @@ def draw(module: DiffusionModule, shape: torch.Size, labels: torch.Tensor | None
             time = "sample" if step == steps - 1 else f"t={t:.0f}" if module.sde is None else f"t={t:.2f}"
             frames.append((time, x[:4].detach().cpu().clamp(-1, 1)))
 
-    batches = []
-    for start in tqdm(range(0, args.num_samples, args.batch_size), desc="sampling", unit="batch"):
-        count = min(args.batch_size, args.num_samples - start)
-        x_T = module.prior((count, *shape), generator)
-        cond = None if labels is None else {"label": labels[start:start + count].to(args.device)}
-        if start == 0 and len(shape) >= 3:
+    def noise_frame(x_T: torch.Tensor) -> None:
+        if len(shape) >= 3:
             frames.append(("noise", x_T[:4].detach().cpu().clamp(-1, 1)))
-        batches.append(module.sample(x_T, cond, generator=generator, callback=record if start == 0 else None,
-                                     progress=True, **overrides).cpu())
-    return torch.cat(batches), frames
+
+    samples = sample_batches(module, tuple(shape), args.num_samples, labels, args.batch_size, args.seed, args.device,
+                             on_first_prior=noise_frame, callback=record, step_progress=True, **overrides)
+    return samples, frames
 
 
 def write_samples(samples: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,

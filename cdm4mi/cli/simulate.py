@@ -3,8 +3,8 @@
 CT: projection-domain noise insertion (parallel-beam forward projection of the attenuation,
 Gaussian approximation of the extra photon noise at ``dose`` times the incident flux I0 with
 electronic noise, filtered back projection), added to the original HU so the full-dose image stays
-the reference; see ``cdm4mi.data.ct_noise``. MRI: Rician noise with sigma a percentage of a
-reference intensity (default the 99th percentile); see ``cdm4mi.data.mri_noise``.
+the reference; see ``cdm4mi.simulate.ct_dose``. MRI: Rician noise with sigma a percentage of a
+reference intensity (default the 99th percentile); see ``cdm4mi.simulate.mri_noise``.
 
 CT dose is relative to the scan's own noise: the input already carries noise sigma_own, and noise
 variance goes as 1/dose, so ``--dose d`` adds sigma_own * sqrt(1/d - 1) (quarter dose: sqrt(3) sigma_own).
@@ -24,11 +24,11 @@ import math
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
-from cdm4mi.data.ct_noise import MIN_OWN_NOISE_HU, simulate_low_dose_ct, simulate_relative_dose
-from cdm4mi.data.io import load_scan
 from cdm4mi.data.metadata import dicom_metadata
-from cdm4mi.data.mri_noise import add_rician_noise
-from cdm4mi.data.writers import write_volume
+from cdm4mi.io.read import load_scan
+from cdm4mi.io.write import write_volume
+from cdm4mi.simulate.ct_dose import MIN_OWN_NOISE_HU, simulate_low_dose_ct, simulate_relative_dose
+from cdm4mi.simulate.mri_noise import add_rician_noise
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cdm4mi.config import load_config
+from cdm4mi.evaluation.calibration import calibrate_checkpoint, describe_calibration
 from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
 
 
@@ -34,4 +35,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"checkpoint: {output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT}")
         print(f"previews:   {output_dir / 'previews'}")
         print(f"logs:       {Path(trainer.loggers[0].log_dir) / 'metrics.csv'} (TensorBoard: {output_dir / 'tensorboard'})")
+        coverage = config.sampling.calibrate_coverage
+        if coverage is not None and not trainer.interrupted:
+            calibration = calibrate_checkpoint(output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, coverage,
+                                               config.sampling.calibrate_samples, seed=config.training.seed)
+            if calibration is not None:
+                print(describe_calibration(calibration))
     return 0

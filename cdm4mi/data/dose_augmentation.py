@@ -1,6 +1,6 @@
 """Dose augmentation: projection-domain low-dose noise drawn at a random dose for every training crop.
 
-A full-dose CT scan becomes training pairs at every dose: the simulator (``cdm4mi.data.ct_noise``) inserts
+A full-dose CT scan becomes training pairs at every dose: the simulator (``cdm4mi.simulate.ct_dose``) inserts
 the noise a dose fraction ``d`` adds, *relative to the scan's own noise*. Noise variance goes as 1/dose,
 so ``d`` adds ``sigma_own * sqrt(1/d - 1)``: the incident flux is calibrated per scan so that the
 simulated full-dose noise equals the one measured in the scan (``calibrate_incident_flux``); a smoothed
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cdm4mi.data.ct_noise import calibrate_incident_flux, simulate_low_dose_ct
-from cdm4mi.data.noise_estimate import estimate_ct_noise_hu, soft_tissue_noise_hu
+from cdm4mi.simulate.ct_dose import calibrate_incident_flux, simulate_low_dose_ct
+from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu, soft_tissue_noise_hu
 
 NOMINAL_FLUX = 1.5e5
 REFERENCE_DOSE = 0.5  # the bank's dose: with a calibrated flux it adds as much noise as the scan already has

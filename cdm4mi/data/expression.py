@@ -34,9 +34,9 @@ import torch
 from scipy import sparse
 from torch.utils.data import Dataset
 
+from cdm4mi.cohort.splits import SPLITS, split_cells
 from cdm4mi.data.expression_files import ExpressionMatrix, read_h5ad, read_table
-from cdm4mi.data.registry import DATASETS, SPLITS
-from cdm4mi.data.splits import split_cells
+from cdm4mi.data.registry import DATASETS
 
 STD_FLOOR = 1e-2  # log-normalized expression: a std below 0.01 (about 1 %) is measurement noise
 HVG_BINS = 20  # mean-expression bins of the Seurat dispersion normalization

@@ -16,7 +16,7 @@ Common options (errors name ``data.<key>``):
 * ``class_conditional``: items carry ``"cond": {"label": int64}`` (class index);
 * ``num_samples``: keep only the first N images of the split (quick runs, tests);
 * ``val_fraction`` / ``seed``: the validation split is carved out of the training files by a fixed-seed
-  shuffle within each class (``cdm4mi.data.splits.split_cells``), so train and val are disjoint and the same on every run.
+  shuffle within each class (``cdm4mi.cohort.splits.split_cells``), so train and val are disjoint and the same on every run.
   ``test`` is the data set's own test files (``image_folder``: a ``test_fraction`` carved out the same way).
 
 Images stay uint8 ``[N, C, H, W]`` in memory (resized and converted once, when the split is built); an item
@@ -42,8 +42,8 @@ from PIL import Image, UnidentifiedImageError
 from skimage.transform import resize
 from torch.utils.data import Dataset
 
+from cdm4mi.cohort.splits import split_cells
 from cdm4mi.data.registry import DATASETS
-from cdm4mi.data.splits import split_cells
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"): all big-endian.
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

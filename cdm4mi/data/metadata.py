@@ -20,7 +20,7 @@ sex                 PatientSex (0010,0040)          'M', 'F' or 'O'             
 Where each value comes from, the first that has it: values given explicitly (a manifest entry's
 ``metadata``, ``cdm4mi denoise --metadata key=value``); the input scan's DICOM tags (top level, or for
 Enhanced multi-frame files the first frame's functional groups, where Exposure is ``ExposureInmAs``); for
-``noise_level`` only, the estimate on the normalized input volume (``cdm4mi.data.noise_estimate``). A tag
+``noise_level`` only, the estimate on the normalized input volume (``cdm4mi.simulate.noise_estimate``). A tag
 that does not parse counts as missing. Tags are read from the scan's first file (with tube-current
 modulation, Exposure varies per slice). PatientName and PatientID are never read.
 
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from cdm4mi.data.manifest import parse_dose_fraction
+from cdm4mi.cohort.manifest import parse_dose_fraction
 
 FIELDS = ("dose_fraction", "noise_level", "kvp", "slice_thickness_mm", "exposure_mas", "age_years", "sex")
 SOURCES = ("given", "tag", "estimated", "missing")

@@ -30,8 +30,8 @@ val/test slices are never cropped.
 from __future__ import annotations
 
 import contextlib
-import zlib
 import math
+import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -43,16 +43,16 @@ from monai.transforms import Compose, RandFlipd, RandRotate90d, RandSpatialCropd
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from cdm4mi.data.io import Scan, load_scan, resample_to
-from cdm4mi.data.manifest import Manifest, load_manifest
-from cdm4mi.data.metadata import check_fields, encode_metadata, resolve_metadata
+from cdm4mi.cohort.discover import check_pair
+from cdm4mi.cohort.manifest import Manifest, load_manifest
 from cdm4mi.data.dose_augmentation import DoseAugmentation, build_noise_bank, noise_scale
-from cdm4mi.data.noise_estimate import NOISE_ESTIMATORS, estimate_input_noise, units_per_hu
+from cdm4mi.data.metadata import check_fields, encode_metadata, resolve_metadata
 from cdm4mi.data.normalize import HUWindow, Normalization, normalization_from_dict
+from cdm4mi.data.preprocessing import MODES, ScanPreprocessing, slab_indices
 from cdm4mi.data.registry import DATASETS
+from cdm4mi.io.read import load_scan, resample_to
+from cdm4mi.simulate.noise_estimate import NOISE_ESTIMATORS, estimate_input_noise, units_per_hu
 
-MODES = ("2d", "2.5d", "3d")
-AFFINE_TOLERANCE_MM = 0.01
 _FITTED_KEYS = {"low", "high", "mean", "std"}
 
 
@@ -76,7 +76,7 @@ def paired_scans(
     dose_augmentation: dict | None = None,
     noise_estimator: Literal["wavelet", "ct_flat_regions"] = "wavelet",
 ) -> PairedScans:
-    """The patients of ``split`` in ``manifest`` (see ``cdm4mi.data.manifest``) as denoising pairs.
+    """The patients of ``split`` in ``manifest`` (see ``cdm4mi.cohort.manifest``) as denoising pairs.
 
     Args:
         manifest: manifest JSON file; ``root``: data root replacing the manifest's.
@@ -151,20 +151,6 @@ def recipe(normalization: Mapping[str, Any] | None, modality: str) -> Normalizat
         raise ValueError(f"data.normalization: {err}") from None
 
 
-def check_pair(scan_input: Scan, target: Scan, where: str) -> None:
-    """A low-dose input and its full-dose target share the voxel grid (shape, and affine within
-    ``AFFINE_TOLERANCE_MM``) and, for DICOM, the PatientID (compared, never shown). ``where`` starts the message."""
-    if scan_input.array.shape != target.array.shape:
-        raise ValueError(f"{where}: input shape {scan_input.array.shape} and target shape "
-                         f"{target.array.shape} differ (voxels, [D, H, W])")
-    gap = float(np.abs(scan_input.affine - target.affine).max())
-    if gap > AFFINE_TOLERANCE_MM:
-        raise ValueError(f"{where}: input and target affines differ by up to {gap:.3g} mm: input "
-                         f"{_one_line(scan_input.affine)}, target {_one_line(target.affine)}")
-    identities = [scan.dicom_reference.header.get("PatientID") for scan in (scan_input, target)
-                  if scan.dicom_reference is not None]
-    if len(identities) == 2 and all(identities) and identities[0] != identities[1]:
-        raise ValueError(f"{where}: input and target have different PatientIDs: scans of two patients")
 
 
 class LoadNormalizedPair(Transform):
@@ -252,6 +238,7 @@ class PairedScans(Dataset):
             raise ValueError(f"{manifest.path}: no patients in split '{split}'")
         self.manifest, self.split, self.mode = manifest, split, mode
         self.context_slices, self.patch_size, self.seed = context_slices, patch_size, seed
+        self.spacing_mm = spacing_mm
         self.normalization = normalization or recipe(None, manifest.modality)
         """The settings every volume was normalized with (statistics, if any, fitted per input volume:
         ``volume_normalization``); inference fits the same on its input and inverts with it."""
@@ -300,8 +287,14 @@ class PairedScans(Dataset):
         return len(self._index)
 
     def preprocessing_state(self) -> dict[str, Any]:
-        """Kept with the model (checkpoint): the scans' modality and the normalization recipe."""
-        return {"modality": self.manifest.modality, "normalization": self.normalization.to_dict()}
+        """Kept with the model (checkpoint): how it sees a scan (``ScanPreprocessing``), which inference follows."""
+        return ScanPreprocessing(
+            task="denoise", modality=self.manifest.modality, normalization=self.normalization.to_dict(),
+            mode=self.mode, context_slices=self.context_slices,
+            patch_size=None if self.patch_size is None else tuple(self.patch_size),
+            spacing_mm=None if self.spacing_mm is None else tuple(self.spacing_mm),
+            metadata=tuple(self.metadata or ()), noise_estimator=self.noise_estimator,
+        ).to_dict()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         volume_index, *where = (int(i) for i in self._index[index])
@@ -398,9 +391,8 @@ class PairedScans(Dataset):
         return self._last[1]
 
     def _slice(self, volume: Mapping[str, Any], k: int) -> dict[str, Any]:
-        depth = volume["input"].shape[0]
         context = self.context_slices if self.mode == "2.5d" else 0
-        neighbours = np.clip(np.arange(k - context, k + context + 1), 0, depth - 1)
+        neighbours = slab_indices(volume["input"].shape[0], context, [k])[0]
         return {
             "x0": torch.from_numpy(volume["target"][k:k + 1]),
             "cond": torch.from_numpy(volume["input"][neighbours]),
@@ -464,8 +456,6 @@ def _grid_starts(size: int, patch: int) -> list[int]:
     return [round(i * (size - patch) / (count - 1)) for i in range(count)]
 
 
-def _one_line(affine: np.ndarray) -> str:
-    return "[" + "; ".join(" ".join(f"{v:.4g}" for v in row) for row in np.asarray(affine)[:3]) + "]"
 
 
 @contextlib.contextmanager

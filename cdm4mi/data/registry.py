@@ -8,10 +8,10 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from cdm4mi.cohort.splits import SPLITS
 from cdm4mi.registry import Registry
 
 DATASETS = Registry("data")
-SPLITS = ("train", "val", "test")
 
 
 def build_dataset(name: str, split: str, **options: Any) -> Dataset:

@@ -7,18 +7,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from cdm4mi.diffusion.sampling import (
-    Denoiser,
-    StepCallback,
-    alpha_bar_like,
-    noise_like,
-    predict_x0_eps,
-    step_pairs,
-)
+from cdm4mi.diffusion.denoiser import ScheduleDenoiser
+from cdm4mi.diffusion.sampling import StepCallback, alpha_bar_like, noise_like, step_pairs
 from cdm4mi.diffusion.schedule import NoiseSchedule
-from cdm4mi.diffusion.timesteps import sampling_timesteps
 
 
 def ddim_step(
@@ -44,33 +39,25 @@ def ddim_step(
 
 @torch.no_grad()
 def ddim_sample(
-    model: Denoiser,
+    denoiser: ScheduleDenoiser,
     x: torch.Tensor,
-    schedule: NoiseSchedule,
-    num_steps: int = 50,
-    parameterization: str = "eps",
+    timesteps: torch.Tensor,
     cond: object = None,
-    eta: float = 0.0,
-    timestep_spacing: str = "leading",
-    t_start: int | None = None,
-    clip_x0: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
-    progress: bool = False,
     callback: StepCallback | None = None,
+    progress: bool = False,
+    eta: float = 0.0,
 ) -> torch.Tensor:
-    """Run DDIM from ``x`` (prior noise, or the warm-start state at ``t_start``) to a clean sample.
-
-    ``model(x_t, t, cond)`` returns the ``parameterization`` prediction for a batch; noise for
-    ``eta > 0`` comes from ``generator``; ``callback`` sees every step. Returns the final x0 estimate,
-    shaped like ``x``.
+    """Run DDIM from ``x`` (prior noise, or the warm-start state at ``timesteps[0]``) over ``timesteps``
+    (``sampling_timesteps``) to a clean sample; noise for ``eta > 0`` comes from ``generator``; ``callback``
+    sees every step. Returns the final x0 estimate, shaped like ``x``.
     """
     if eta < 0:
         raise ValueError(f"sampling.eta: must be >= 0, got {eta}")
-    timesteps = sampling_timesteps(schedule.timesteps, num_steps, timestep_spacing, t_start)
     for step, (t, t_prev) in enumerate(step_pairs(timesteps, progress, "DDIM")):
-        x0, eps = predict_x0_eps(model, x, t, cond, schedule, parameterization, clip_x0)
+        x0, eps = denoiser(x, t, cond)
         noise = noise_like(x, generator) if eta > 0 else None
-        x = ddim_step(x0, eps, t, t_prev, schedule, eta, noise)
+        x = ddim_step(x0, eps, t, t_prev, denoiser.schedule, eta, noise)
         if callback is not None:
             callback(step, t, x, x0)
     return x
@@ -78,29 +65,26 @@ def ddim_sample(
 
 @torch.no_grad()
 def ddim_invert(
-    model: Denoiser,
+    denoiser: ScheduleDenoiser,
     x0: torch.Tensor,
-    schedule: NoiseSchedule,
-    num_steps: int = 50,
-    parameterization: str = "eps",
+    timesteps: torch.Tensor,
     cond: object = None,
-    timestep_spacing: str = "leading",
-    t_start: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Deterministic DDIM run backwards: clean ``x0`` -> the state at the first sampling timestep.
+    """Deterministic DDIM run backwards: clean ``x0`` -> the state at ``timesteps[0]``.
 
     Each step from ``t_prev`` up to ``t`` reuses the eps predicted at ``t_prev`` (the standard
-    approximation), so ``ddim_sample(ddim_invert(x0))`` returns ``x0`` up to discretization error.
+    approximation), so ``ddim_sample(ddim_invert(x0))`` over the same timesteps returns ``x0`` up to
+    discretization error. Clipping x0 (``clip_x0``) does not apply: inversion never clips.
     """
-    timesteps = sampling_timesteps(schedule.timesteps, num_steps, timestep_spacing, t_start)
     pairs = list(step_pairs(timesteps, progress, "DDIM inversion"))
+    unclipped = dataclasses.replace(denoiser, clip_x0=None)
     x = x0
     for t, t_prev in reversed(pairs):
         # The clean end point (t_prev = -1) has no timestep of its own: ask at the first noisy one.
         query_t = t if t_prev < 0 else t_prev
-        x0_estimate, eps = predict_x0_eps(model, x, query_t, cond, schedule, parameterization)
+        x0_estimate, eps = unclipped(x, query_t, cond)
         if t_prev < 0:
             x0_estimate = x
-        x = ddim_step(x0_estimate, eps, t_prev, t, schedule)
+        x = ddim_step(x0_estimate, eps, t_prev, t, denoiser.schedule)
     return x

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from cdm4mi.diffusion.sampling import (
-    Denoiser,
-    StepCallback,
-    alpha_bar_like,
-    noise_like,
-    predict_x0_eps,
-    step_pairs,
-)
+from cdm4mi.diffusion.denoiser import ScheduleDenoiser
+from cdm4mi.diffusion.sampling import StepCallback, alpha_bar_like, noise_like, step_pairs
 from cdm4mi.diffusion.schedule import NoiseSchedule
-from cdm4mi.diffusion.timesteps import sampling_timesteps
 
 VARIANCES = ("fixed_small", "fixed_large")
 
@@ -48,32 +41,23 @@ def ddpm_step(
 
 @torch.no_grad()
 def ddpm_sample(
-    model: Denoiser,
+    denoiser: ScheduleDenoiser,
     x: torch.Tensor,
-    schedule: NoiseSchedule,
-    num_steps: int | None = None,
-    parameterization: str = "eps",
+    timesteps: torch.Tensor,
     cond: object = None,
-    timestep_spacing: str = "leading",
-    t_start: int | None = None,
-    clip_x0: tuple[float, float] | None = None,
-    variance: str = "fixed_small",
     generator: torch.Generator | None = None,
-    progress: bool = False,
     callback: StepCallback | None = None,
+    progress: bool = False,
+    variance: str = "fixed_small",
 ) -> torch.Tensor:
-    """Ancestral sampling from ``x`` (prior noise or the warm-start state at ``t_start``).
-
-    ``num_steps=None`` visits every timestep; fewer steps stride as ``timestep_spacing`` says.
-    """
+    """Ancestral sampling from ``x`` (prior noise or the warm-start state at ``timesteps[0]``) over
+    ``timesteps`` (every timestep, or a stride of them: ``sampling_timesteps``)."""
     if variance not in VARIANCES:
         raise ValueError(f"sampling.variance: unknown '{variance}'; choose one of {list(VARIANCES)}")
-    span = schedule.timesteps if t_start is None else t_start + 1
-    timesteps = sampling_timesteps(schedule.timesteps, num_steps or span, timestep_spacing, t_start)
     for step, (t, t_prev) in enumerate(step_pairs(timesteps, progress, "DDPM")):
-        x0, _ = predict_x0_eps(model, x, t, cond, schedule, parameterization, clip_x0)
+        x0, _ = denoiser(x, t, cond)
         noise = noise_like(x, generator) if t_prev >= 0 else None
-        x = ddpm_step(x0, x, t, t_prev, schedule, noise, variance)
+        x = ddpm_step(x0, x, t, t_prev, denoiser.schedule, noise, variance)
         if callback is not None:
             callback(step, t, x, x0)
     return x

@@ -1,4 +1,5 @@
-"""Classifier-free guidance (Ho & Salimans 2022) as a wrapper around any denoiser ``model(x, t, cond)``.
+"""Classifier-free guidance (Ho & Salimans 2022) as a wrapper around any network ``model(x, t, cond)``
+(``cdm4mi.diffusion.denoiser.guided`` applies it to a denoiser's network).
 
 ``guided = uncond + w * (cond - uncond)``, where ``uncond = model(x, t, None)`` is the network's null-condition
 branch (trained by dropping the condition with ``network.cond_drop_prob``). The combination is applied to
@@ -9,14 +10,12 @@ model itself (no second call); ``w = 0`` the unconditional one; ``w > 1`` sharpe
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+from cdm4mi.diffusion.objective import NetworkFn
 
 
-def classifier_free_guidance(model: Denoiser, guidance_scale: float) -> Denoiser:
+def classifier_free_guidance(model: NetworkFn, guidance_scale: float) -> NetworkFn:
     """``model`` with its condition amplified by ``guidance_scale`` (returned unchanged for 1)."""
     if guidance_scale == 1.0:
         return model

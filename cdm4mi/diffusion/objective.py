@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,30 @@ from cdm4mi.diffusion.schedule import NoiseSchedule, broadcast_to
 PARAMETERIZATIONS = ("eps", "x0", "v")
 LOSS_TYPES = ("l1", "l2", "huber")
 
-DenoiserFn = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+# A network as the diffusion code sees it: ``network(x, t, cond) -> prediction`` for a batch.
+NetworkFn = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+
+class Objective(Protocol):
+    """What training and inference need of an objective (``DiffusionObjective``, ``ScoreMatchingObjective``):
+    the loss of a batch, and the highest timestep trained on (None: the whole process)."""
+
+    max_train_timestep: int | None
+
+    def loss(self, network: NetworkFn, x0: torch.Tensor, cond: object = None,
+             generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+def check_parameterization(parameterization: str) -> None:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"diffusion.parameterization: unknown '{parameterization}'; choose one of {list(PARAMETERIZATIONS)}")
+
+
+def check_loss(loss_type: str, huber_delta: float) -> None:
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"diffusion.loss_type: unknown '{loss_type}'; choose one of {list(LOSS_TYPES)}")
+    if not huber_delta > 0:
+        raise ValueError(f"diffusion.huber_delta: must be > 0, got {huber_delta}")
 
 
 def _coefficients(schedule: NoiseSchedule, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,11 +65,18 @@ def prediction_target(
     parameterization: str, schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
     """What a network of the given parameterization should output for ``x_t = q_sample(x0, t, noise)``."""
+    signal, sigma = _coefficients(schedule, t, x0)
+    return target_with_coefficients(parameterization, x0, noise, signal, sigma)
+
+
+def target_with_coefficients(
+    parameterization: str, x0: torch.Tensor, noise: torch.Tensor, signal: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """The target for ``x_t = signal * x0 + sigma * noise`` (v needs ``signal^2 + sigma^2 = 1``)."""
     if parameterization == "eps":
         return noise
     if parameterization == "x0":
         return x0
-    signal, sigma = _coefficients(schedule, t, x0)
     return signal * noise - sigma * x0
 
 
@@ -68,9 +99,8 @@ def split_with_coefficients(
         return (x_t - sigma * output) / signal, output
     if parameterization == "x0":
         return output, (x_t - signal * output) / sigma
-    if parameterization == "v":
-        return signal * x_t - sigma * output, sigma * x_t + signal * output
-    raise ValueError(f"diffusion.parameterization: unknown '{parameterization}'; choose one of {list(PARAMETERIZATIONS)}")
+    check_parameterization(parameterization)
+    return signal * x_t - sigma * output, sigma * x_t + signal * output
 
 
 def eps_from_x0(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -110,19 +140,15 @@ class DiffusionObjective:
             raise ValueError(
                 f"diffusion.max_train_timestep: must lie in [0, {self.schedule.timesteps - 1}], got {self.max_train_timestep}"
             )
-        if self.parameterization not in PARAMETERIZATIONS:
-            raise ValueError(
-                f"diffusion.parameterization: unknown '{self.parameterization}'; choose one of {list(PARAMETERIZATIONS)}"
-            )
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"diffusion.loss_type: unknown '{self.loss_type}'; choose one of {list(LOSS_TYPES)}")
+        check_parameterization(self.parameterization)
+        check_loss(self.loss_type, self.huber_delta)
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ValueError(f"diffusion.min_snr_gamma: must be > 0, got {self.min_snr_gamma}")
 
     def loss(
-        self, model: DenoiserFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None
+        self, model: NetworkFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Mean loss over the batch for a denoiser ``model(x_t, t, cond)``."""
+        """Mean loss over the batch for a network ``model(x_t, t, cond)``."""
         high = self.schedule.timesteps if self.max_train_timestep is None else self.max_train_timestep + 1
         t = torch.randint(0, high, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)

@@ -1,11 +1,11 @@
 """Sampling and encoding with the probability-flow ODE (Song et al. 2021, eq. 13) of any SDE of
-``cdm4mi.diffusion.sde``, for any denoiser ``model(x, t, cond)``.
+``cdm4mi.diffusion.sde``, for any ``SDEDenoiser`` (``cdm4mi.diffusion.denoiser``).
 
 ``dx/dt = f x - g^2 / 2 * score = f x + g^2 / (2 std) * eps`` carries the prior at t = 1 to the data
 distribution deterministically. Fixed-step methods (``euler``; ``heun``, second order, two evaluations
-a step) run over ``linspace(1, t_min, num_steps)``; ``rk45`` is scipy's adaptive Runge-Kutta (rtol =
-atol = 1e-5) on the whole batch flattened to one float64 vector, and ignores ``num_steps`` except to
-place the states shown to ``callback``. Sampling ends with the network's x0 estimate at ``t_min``.
+a step) run over the given times (``sampling_times``: ``linspace(1, t_min, num_steps)``); ``rk45`` is
+scipy's adaptive Runge-Kutta (rtol = atol = 1e-5) on the whole batch flattened to one float64 vector, and
+uses the times only for its ends and to place the states shown to ``callback``. Sampling ends with the network's x0 estimate at ``t_min``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import torch
 from scipy.integrate import solve_ivp
 from tqdm.auto import tqdm
 
-from cdm4mi.diffusion.sampling import Denoiser, StepCallback, step_pairs
+from cdm4mi.diffusion.denoiser import SDEDenoiser
+from cdm4mi.diffusion.sampling import StepCallback, step_pairs
 from cdm4mi.diffusion.schedule import broadcast_to
-from cdm4mi.diffusion.sde import SDE, check_parameterization, predict_x0_eps, sampling_times, sde_time
+from cdm4mi.diffusion.sde import sde_time
 
 ODE_METHODS = ("euler", "heun", "rk45")
 RK45_TOLERANCE = 1e-5
@@ -30,12 +31,13 @@ logger = logging.getLogger(__name__)
 Velocity = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
 
-def probability_flow(model: Denoiser, sde: SDE, cond: object, parameterization: str) -> Velocity:
-    """The ODE's right-hand side for this network, returning the x0 estimate it got along the way."""
+def probability_flow(denoiser: SDEDenoiser, cond: object) -> Velocity:
+    """The ODE's right-hand side for this denoiser, returning the x0 estimate it got along the way."""
+    sde = denoiser.sde
 
     def velocity(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         time = sde_time(t, x)
-        x0, eps = predict_x0_eps(model, sde, x, time, cond, parameterization)
+        x0, eps = denoiser(x, time, cond)
         drift, g = sde.drift_and_diffusion(x, time)
         _, std = sde.marginal(time)
         return drift + 0.5 * g**2 * eps / broadcast_to(std, x), x0
@@ -61,30 +63,27 @@ def check_method(method: str) -> None:
 
 @torch.no_grad()
 def ode_sample(
-    model: Denoiser,
+    denoiser: SDEDenoiser,
     x: torch.Tensor,
-    sde: SDE,
-    num_steps: int = 100,
-    parameterization: str = "eps",
+    timesteps: torch.Tensor,
     cond: object = None,
-    method: str = "heun",
     generator: torch.Generator | None = None,
-    progress: bool = False,
     callback: StepCallback | None = None,
+    progress: bool = False,
+    method: str = "heun",
 ) -> torch.Tensor:
-    """Integrate from ``x``, a prior draw at t = 1, down to ``t_min``; returns the x0 estimate there.
+    """Integrate from ``x``, a prior draw at ``timesteps[0]`` = 1, down the SDE times ``timesteps`` to the last
+    (``t_min``); returns the x0 estimate there.
 
-    Evaluations: ``num_steps`` (euler), ``2 num_steps - 1`` (heun), the solver's count plus one (rk45,
-    logged; plus ``num_steps - 1`` with a callback). The ODE is deterministic: ``generator`` is accepted
-    for a uniform sampler interface and unused. ``callback(step, t, x, x0)`` sees every step.
+    Evaluations for ``n`` times: ``n`` (euler), ``2 n - 1`` (heun), the solver's count plus one (rk45, logged;
+    plus ``n - 1`` with a callback). The ODE is deterministic: ``generator`` is accepted for the sampler
+    signature and unused. ``callback(step, t, x, x0)`` sees every step.
     """
     check_method(method)
-    check_parameterization(sde, parameterization)
-    times = sampling_times(sde, num_steps)
-    velocity = probability_flow(model, sde, cond, parameterization)
-    if method == "rk45" and num_steps > 1:  # (a single step is the x0 estimate at t = 1 for every method)
-        return _rk45_sample(velocity, x, times, progress, callback)
-    for step, (t, t_next) in enumerate(step_pairs(times, progress, f"ODE {method} ({sde.name} SDE)")):
+    velocity = probability_flow(denoiser, cond)
+    if method == "rk45" and len(timesteps) > 1:  # (a single step is the x0 estimate at t = 1 for every method)
+        return _rk45_sample(velocity, x, timesteps, progress, callback)
+    for step, (t, t_next) in enumerate(step_pairs(timesteps, progress, f"ODE {method} ({denoiser.sde.name} SDE)")):
         if t_next < 0:  # the last time: denoise
             x = x0 = velocity(x, t)[1]
         else:
@@ -96,31 +95,29 @@ def ode_sample(
 
 @torch.no_grad()
 def ode_encode(
-    model: Denoiser,
+    denoiser: SDEDenoiser,
     x0: torch.Tensor,
-    sde: SDE,
-    num_steps: int = 100,
-    parameterization: str = "eps",
+    timesteps: torch.Tensor,
     cond: object = None,
-    method: str = "heun",
     progress: bool = False,
+    method: str = "heun",
 ) -> torch.Tensor:
-    """The inverse map: clean ``x0`` -> its latent at t = 1, integrating the ODE up from ``t_min``.
+    """The inverse map: clean ``x0`` -> its latent at ``timesteps[0]`` = 1, integrating the ODE up from the last
+    time ``t_min`` through ``timesteps`` in reverse (rk45 only uses the two ends).
 
     It starts from the noise-free ``signal(t_min) x0``, so ``ode_sample(ode_encode(x0))`` returns ``x0``
     up to the integration error and the x0 estimate's shrinkage at ``t_min`` (relative ``std(t_min)^2 /
     data variance``: 4e-4 for VP's defaults and unit-variance data).
     """
     check_method(method)
-    check_parameterization(sde, parameterization)
-    if num_steps < 2:
-        raise ValueError(f"sampling.steps: encoding integrates between {num_steps} times; needs >= 2")
-    times = sampling_times(sde, num_steps).flip(0)
-    signal, _ = sde.marginal(times[:1])
+    if len(timesteps) < 2:
+        raise ValueError(f"sampling.steps: encoding integrates between {len(timesteps)} times; needs >= 2")
+    times = timesteps.flip(0)
+    signal, _ = denoiser.sde.marginal(times[:1])
     x = broadcast_to(signal[0], x0) * x0
-    velocity = probability_flow(model, sde, cond, parameterization)
+    velocity = probability_flow(denoiser, cond)
     if method == "rk45":
-        return _rk45(velocity, x, [sde.t_min, 1.0], None, progress, "ODE encoding rk45")[-1]
+        return _rk45(velocity, x, [float(times[0]), float(times[-1])], None, progress, "ODE encoding rk45")[-1]
     pairs = list(zip(times[:-1].tolist(), times[1:].tolist(), strict=True))
     for t, t_next in tqdm(pairs, desc=f"ODE encoding {method}", disable=not progress, leave=False):
         x, _ = fixed_step(velocity, x, t, t_next, method)

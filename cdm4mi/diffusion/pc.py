@@ -1,7 +1,8 @@
 """Predictor-corrector sampling of the reverse SDE (Song et al. 2021, Algorithms 4 and 5), for any SDE
 of ``cdm4mi.diffusion.sde`` and any denoiser ``model(x, t, cond)``.
 
-Times run over ``linspace(1, t_min, num_steps)``. At each time but the last, ``n_corrector`` Langevin
+Times are those given (``sampling_times``: ``linspace(1, t_min, num_steps)``). At each time but the last,
+``n_corrector`` Langevin
 steps ``x += e * score + sqrt(2 e) z`` with ``e = 2 alpha (snr ||z|| / ||score||)^2`` are followed by one
 Euler-Maruyama step of ``dx = [f x - g^2 score] dt + g dW`` down to the next time. As in Song et al.'s code
 the norms are averaged over the batch (a per-sample ratio explodes near a mode in low dimensions), and
@@ -14,28 +15,28 @@ from __future__ import annotations
 
 import torch
 
-from cdm4mi.diffusion.sampling import Denoiser, StepCallback, noise_like, step_pairs
+from cdm4mi.diffusion.denoiser import SDEDenoiser
+from cdm4mi.diffusion.sampling import StepCallback, noise_like, step_pairs
 from cdm4mi.diffusion.schedule import broadcast_to
-from cdm4mi.diffusion.sde import SDE, check_parameterization, predict_x0_eps, sampling_times, sde_time
+from cdm4mi.diffusion.sde import SDE, sde_time
 
 
 @torch.no_grad()
 def pc_sample(
-    model: Denoiser,
+    denoiser: SDEDenoiser,
     x: torch.Tensor,
-    sde: SDE,
-    num_steps: int = 500,
-    parameterization: str = "eps",
+    timesteps: torch.Tensor,
     cond: object = None,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = False,
     snr: float = 0.16,
     n_corrector: int = 1,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Sample from ``x``, a draw from the prior at t = 1 (``sde.prior_sample``); returns x0 shaped like ``x``.
+    """Sample from ``x``, a draw from the prior at ``timesteps[0]`` = 1 (``sde.prior_sample``), over the SDE
+    times ``timesteps``; returns x0 shaped like ``x``.
 
-    ``num_steps`` predictor evaluations (the last one denoises) plus ``n_corrector`` Langevin evaluations
+    One predictor evaluation per time (the last one denoises) plus ``n_corrector`` Langevin evaluations
     before each of the others; ``n_corrector = 0`` is plain Euler-Maruyama. Noise comes from
     ``generator``; ``callback(step, t, x, x0)`` sees every step.
     """
@@ -43,17 +44,15 @@ def pc_sample(
         raise ValueError(f"sampling.snr: must be > 0, got {snr}")
     if n_corrector < 0:
         raise ValueError(f"sampling.n_corrector: must be >= 0, got {n_corrector}")
-    check_parameterization(sde, parameterization)
-    times = sampling_times(sde, num_steps)
-    for step, (t, t_next) in enumerate(step_pairs(times, progress, f"PC ({sde.name} SDE)")):
-        time = sde_time(t, x)
+    sde = denoiser.sde
+    for step, (t, t_next) in enumerate(step_pairs(timesteps, progress, f"PC ({sde.name} SDE)")):
         if t_next < 0:  # the last time: denoise
-            x0, _ = predict_x0_eps(model, sde, x, time, cond, parameterization)
+            x0, _ = denoiser(x, t, cond)
             x = x0
         else:
             for _ in range(n_corrector):
-                x = langevin_step(model, sde, x, t, t_next, cond, parameterization, snr, generator)
-            x0, eps = predict_x0_eps(model, sde, x, time, cond, parameterization)
+                x = langevin_step(denoiser, x, t, t_next, cond, snr, generator)
+            x0, eps = denoiser(x, t, cond)
             x = euler_maruyama_step(sde, x, eps, t, t_next, noise_like(x, generator))
         if callback is not None:
             callback(step, t, x, x0)
@@ -73,20 +72,17 @@ def euler_maruyama_step(
 
 
 def langevin_step(
-    model: Denoiser,
-    sde: SDE,
+    denoiser: SDEDenoiser,
     x: torch.Tensor,
     t: float,
     t_next: float,
     cond: object,
-    parameterization: str,
     snr: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """One Langevin corrector step at time ``t`` towards the marginal ``p_t``."""
-    time = sde_time(t, x)
-    _, eps = predict_x0_eps(model, sde, x, time, cond, parameterization)
-    signal, std = sde.marginal(torch.tensor([t, t_next], dtype=torch.float64))
+    _, eps = denoiser(x, t, cond)
+    signal, std = denoiser.sde.marginal(torch.tensor([t, t_next], dtype=torch.float64))
     score = -eps / broadcast_to(std[0], x)
     noise = noise_like(x, generator)
     alpha = float((signal[0] / signal[1]) ** 2)

@@ -1,4 +1,11 @@
-"""What every sampler shares: calling the denoiser, clipping, warm starts and the progress bar."""
+"""What every sampler shares: its signature, warm starts, noise and the progress bar.
+
+Every sampler is a function ``sampler(denoiser, x, timesteps, cond=None, generator=None, callback=None,
+progress=False, **its own options)``: ``denoiser`` (``cdm4mi.diffusion.denoiser``) answers (x0, eps) at
+``(x, t, cond)``; ``timesteps`` lists the times to visit, from the start down (timestep indices from
+``sampling_timesteps`` for DDIM/DDPM, SDE times from ``sampling_times`` for PC/ODE); the sampler steps from
+each to the next and denoises after the last.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +14,14 @@ from collections.abc import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from cdm4mi.diffusion.objective import eps_from_x0, split_prediction
 from cdm4mi.diffusion.schedule import NoiseSchedule, broadcast_to
 from cdm4mi.diffusion.timesteps import previous_timesteps
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+SAMPLERS = ("ddim", "ddpm", "pc", "ode")  # ddim/ddpm over timestep indices, pc/ode over SDE time
+
 # ``callback(step, t, x, x0)`` after each sampler step: the step's index, its time (a timestep index,
 # or SDE time in [0, 1]), the new state and the current x0 estimate (for figures of the process).
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
-
-
-def predict_x0_eps(
-    model: Denoiser,
-    x_t: torch.Tensor,
-    t: int,
-    cond: object,
-    schedule: NoiseSchedule,
-    parameterization: str,
-    clip_x0: tuple[float, float] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Call ``model(x_t, t, cond)`` and return (x0, eps) estimates; clipping x0 re-derives eps from it."""
-    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    output = model(x_t, t_batch, cond).to(x_t.dtype)
-    x0, eps = split_prediction(parameterization, schedule, output, x_t, t_batch)
-    if clip_x0 is not None:
-        x0 = x0.clamp(*clip_x0)
-        eps = eps_from_x0(schedule, x0, x_t, t_batch)
-    return x0, eps
 
 
 def alpha_bar_like(schedule: NoiseSchedule, t: int, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +47,7 @@ def warm_start(
 
 
 def step_pairs(timesteps: torch.Tensor, progress: bool, description: str) -> Iterator[tuple[int, int]]:
-    """(t, t_prev) pairs along the list, with a progress bar when asked."""
+    """(t, t_next) pairs along the list, the last one's ``t_next`` -1, with a progress bar when asked."""
     pairs = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist(), strict=True))
     return iter(tqdm(pairs, desc=description, disable=not progress, leave=False))
 

@@ -19,7 +19,7 @@ As in Song et al., VE's ``std(0) = sigma_min``: the SDE starts from data already
 DDPM checkpoints: ``t`` is the float timestep index ``s = t (T - 1)``, ``log(abar)`` is a monotone cubic
 through the table's entries (so ``beta(t)`` is continuous) and ``t_min = 0`` is index 0.
 
-Network convention, shared by ``ScoreMatchingObjective`` and the samplers: the network is called as
+Network convention, shared by ``ScoreMatchingObjective`` and ``SDEDenoiser`` (``cdm4mi.diffusion.denoiser``): the network is called as
 ``model(c_in * x_t, network_time(t), cond)`` with ``c_in = 1 / sqrt(signal^2 + std^2)`` (1 for VP; unit
 variance for unit-variance data under VE) and predicts eps, x0 or v of the scaled state
 ``c_in x_t = a x0 + b z`` (``a = c_in signal``, ``b = c_in std``, ``a^2 + b^2 = 1``); the score is
@@ -28,13 +28,20 @@ variance for unit-variance data under VE) and predicts eps, x0 or v of the scale
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 
-from cdm4mi.diffusion.objective import LOSS_TYPES, PARAMETERIZATIONS, DenoiserFn, elementwise_loss, split_with_coefficients
+from cdm4mi.diffusion.objective import (
+    NetworkFn,
+    check_loss,
+    check_parameterization,
+    elementwise_loss,
+    target_with_coefficients,
+)
 from cdm4mi.diffusion.schedule import NoiseSchedule, broadcast_to
 
 SDE_KINDS = ("vp", "ve")
@@ -213,26 +220,19 @@ def check_t_min(t_min: float) -> None:
         raise ValueError(f"diffusion.sde.t_min: must lie in (0, 1), got {t_min}")
 
 
-def sde_from_config(
-    kind: str,
-    beta_min: float = 0.1,
-    beta_max: float = 20.0,
-    sigma_min: float = 0.01,
-    sigma_max: float = 50.0,
-    t_min: float | None = None,
-) -> SDE:
-    """The ``diffusion.sde`` section as an SDE: ``kind`` 'vp' uses the betas, 've' the sigmas; ``t_min``
-    None takes the kind's default (1e-3 for VP, 1e-5 for VE)."""
+def sde_from_config(kind: str, **options: float | None) -> SDE:
+    """The ``diffusion.sde`` section as an SDE: ``kind`` 'vp' takes ``beta_min``, ``beta_max``, ``t_min``; 've'
+    takes ``sigma_min``, ``sigma_max``, ``t_min``. Options of the other kind, and None values, are ignored:
+    the dataclasses' defaults are the only ones."""
     if kind not in SDE_KINDS:
         raise ValueError(f"diffusion.sde.kind: unknown '{kind}'; choose one of {list(SDE_KINDS)}")
-    if kind == "vp":
-        return VPSDE(beta_min, beta_max) if t_min is None else VPSDE(beta_min, beta_max, t_min)
-    return VESDE(sigma_min, sigma_max) if t_min is None else VESDE(sigma_min, sigma_max, t_min)
+    sde_class = VPSDE if kind == "vp" else VESDE
+    fields = {field.name for field in dataclasses.fields(sde_class)}
+    return sde_class(**{key: value for key, value in options.items() if key in fields and value is not None})
 
 
-def check_parameterization(sde: SDE, parameterization: str) -> None:
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"diffusion.parameterization: unknown '{parameterization}'; choose one of {list(PARAMETERIZATIONS)}")
+def check_sde_parameterization(sde: SDE, parameterization: str) -> None:
+    check_parameterization(parameterization)
     if parameterization == "v" and not sde.variance_preserving:
         raise ValueError(f"diffusion.parameterization: 'v' needs a variance-preserving SDE, not '{sde.name}'; use eps or x0")
 
@@ -256,18 +256,6 @@ def scaled_coefficients(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> tuple[tor
     return broadcast_to(c_in, x), broadcast_to(c_in * signal, x), broadcast_to(c_in * std, x)
 
 
-def predict_x0_eps(
-    model: DenoiserFn, sde: SDE, x_t: torch.Tensor, t: torch.Tensor, cond: object, parameterization: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Call the network on ``x_t`` at SDE times ``t`` ([B], or one 0-dim time for all); return its (x0, eps)
-    estimates (the score is ``-eps / std``). The network always gets one timestep per sample."""
-    c_in, a, b = scaled_coefficients(sde, t, x_t)
-    scaled = c_in * x_t
-    network_time = sde.network_time(t).expand(x_t.shape[0])
-    output = model(scaled, network_time, cond).to(x_t.dtype)
-    return split_with_coefficients(parameterization, output, scaled, a, b)
-
-
 @dataclass(frozen=True)
 class ScoreMatchingObjective:
     """Continuous-time denoising score matching (Song et al. 2021, eq. 7) with ``lambda(t) = std(t)^2``.
@@ -283,16 +271,14 @@ class ScoreMatchingObjective:
     parameterization: str = "eps"
     loss_type: str = "l2"
     huber_delta: float = 1.0
+    max_train_timestep = None  # trains on the whole time range (the ``Objective`` interface)
 
     def __post_init__(self) -> None:
-        check_parameterization(self.sde, self.parameterization)
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"diffusion.loss_type: unknown '{self.loss_type}'; choose one of {list(LOSS_TYPES)}")
-        if not self.huber_delta > 0:
-            raise ValueError(f"diffusion.huber_delta: must be > 0, got {self.huber_delta}")
+        check_sde_parameterization(self.sde, self.parameterization)
+        check_loss(self.loss_type, self.huber_delta)
 
     def loss(
-        self, model: DenoiserFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None
+        self, model: NetworkFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Mean loss over the batch for a network ``model(c_in x_t, network_time(t), cond)``."""
         uniform = torch.rand((x0.shape[0],), device=x0.device, dtype=torch.float64, generator=generator)
@@ -300,6 +286,6 @@ class ScoreMatchingObjective:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         _, a, b = scaled_coefficients(self.sde, t, x0)
         output = model(a * x0 + b * noise, self.sde.network_time(t), cond)
-        target = {"eps": noise, "x0": x0, "v": a * noise - b * x0}[self.parameterization]
+        target = target_with_coefficients(self.parameterization, x0, noise, a, b)
         per_sample = elementwise_loss(self.loss_type, output.float(), target.float(), self.huber_delta)
         return per_sample.flatten(1).mean(dim=1).mean()

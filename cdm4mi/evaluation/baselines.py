@@ -12,6 +12,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.restoration import denoise_nl_means, estimate_sigma
 
+
 def _as_slices(volume_hu: np.ndarray, name: str) -> np.ndarray:
     volume = np.asarray(volume_hu, dtype=np.float64)
     if volume.ndim not in (2, 3):

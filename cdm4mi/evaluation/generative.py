@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cdm4mi.data.registry import build_dataset
 from cdm4mi.evaluation.bio_figures import save_embedding_overlay, save_gene_moment_plot
@@ -26,6 +25,7 @@ from cdm4mi.evaluation.bio_metrics import bio_generation_report, gaussian_baseli
 from cdm4mi.evaluation.generation_metrics import image_generation_report
 from cdm4mi.evaluation.image_figures import save_image_grid
 from cdm4mi.evaluation.inception import load_inception
+from cdm4mi.inference.generate import sample_batches
 from cdm4mi.training.module import DiffusionModule
 
 
@@ -53,19 +53,6 @@ def stack_split(module: DiffusionModule, split: str, limit: int | None = None) -
     return x0, labels
 
 
-@torch.no_grad()
-def generate(module: DiffusionModule, shape: tuple[int, ...], count: int, labels: torch.Tensor | None,
-             batch_size: int, seed: int, device: str = "cpu") -> torch.Tensor:
-    """``count`` samples of ``shape`` (labels, when given, are used in order), on the CPU."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    batches = []
-    for start in tqdm(range(0, count, batch_size), desc="generating", unit="batch"):
-        size = min(batch_size, count - start)
-        cond = None if labels is None else {"label": labels[start:start + size].to(device)}
-        batches.append(module.sample(module.prior((size, *shape), generator), cond, generator=generator).cpu())
-    return torch.cat(batches)
-
-
 def evaluate_generation(module: DiffusionModule, out: Path, split: str = "test", num_samples: int | None = None,
                         inception_weights: str | None = None, batch_size: int = 500, seed: int = 0,
                         device: str = "cpu", overwrite: bool = False) -> GenerationResult:
@@ -73,9 +60,9 @@ def evaluate_generation(module: DiffusionModule, out: Path, split: str = "test",
     real, labels = stack_split(module, split, num_samples)
     if real.ndim >= 4:  # images: check the Inception file before spending time on sampling
         inception = load_inception(inception_weights, device=device)
-        generated = generate(module, tuple(real.shape[1:]), len(real), labels, batch_size, seed, device)
+        generated = sample_batches(module, tuple(real.shape[1:]), len(real), labels, batch_size, seed, device, "generating")
         return score_images(generated, real, inception, Path(inception_weights).name, out, device, seed, overwrite)
-    generated = generate(module, tuple(real.shape[1:]), len(real), labels, batch_size, seed, device)
+    generated = sample_batches(module, tuple(real.shape[1:]), len(real), labels, batch_size, seed, device, "generating")
     train, train_labels = stack_split(module, "train")
     return score_vectors(generated, real, labels, train, train_labels, module.data_state, out, seed, overwrite)
 

@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cdm4mi.data.io import load_scan
-from cdm4mi.data.manifest import Manifest
-from cdm4mi.data.paired import check_pair
+from cdm4mi.cohort.discover import check_pair
+from cdm4mi.cohort.manifest import Manifest
 from cdm4mi.evaluation.baselines import gaussian_filter_baseline, low_dose_input, nlm_baseline
 from cdm4mi.evaluation.medical_figures import save_patient_metric_plot, save_slice_comparison
 from cdm4mi.evaluation.metrics import body_mask, evaluate_patient
 from cdm4mi.evaluation.report import format_patient_table, write_metrics_csv, write_summary_json
 from cdm4mi.evaluation.statistics import summarize
 from cdm4mi.inference.denoise import denoise_scan
+from cdm4mi.io.read import load_scan
 from cdm4mi.training.module import DiffusionModule
 
 METHODS = ("model", "low_dose_input", "gaussian", "nlm")

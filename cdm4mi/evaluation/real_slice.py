@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from pydicom.data import get_testdata_file
 
-from cdm4mi.data.ct_noise import simulate_relative_dose
-from cdm4mi.data.io import load_scan
-from cdm4mi.data.noise_estimate import estimate_ct_noise_hu
 from cdm4mi.evaluation.baselines import gaussian_filter_baseline, nlm_baseline
 from cdm4mi.evaluation.medical_figures import save_methods_with_lesions
 from cdm4mi.evaluation.metrics import body_mask, slice_metrics
 from cdm4mi.evaluation.observers import insert_lesions
 from cdm4mi.inference.denoise import denoise_scan
+from cdm4mi.io.read import load_scan
+from cdm4mi.simulate.ct_dose import simulate_relative_dose
+from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu
 from cdm4mi.training.module import DiffusionModule
 
 LESION_DIAMETERS_MM = (3.0, 5.0)

@@ -18,16 +18,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cdm4mi.config import Config
+from cdm4mi.data.preprocessing import ScanPreprocessing
 from cdm4mi.data.registry import build_dataset
-from cdm4mi.inference.denoise import data_normalization, neighbour_stack, pad_to_multiple
+from cdm4mi.inference.denoise import neighbour_stack, pad_to_multiple
 from cdm4mi.models import build_backbone
 
 
 class SupervisedDenoiser:
     """``backbone`` trained by ``train_supervised``; ``denoise`` maps a volume in HU to HU."""
 
-    def __init__(self, config: Config, backbone: torch.nn.Module, vector_fields: tuple[str, ...]):
-        self.config, self.backbone, self.vector_fields = config, backbone.eval(), vector_fields
+    def __init__(self, preprocessing: ScanPreprocessing, backbone: torch.nn.Module):
+        self.preprocessing, self.backbone = preprocessing, backbone.eval()
 
     def __call__(self, cond: Any) -> torch.Tensor:
         image = cond["image"] if isinstance(cond, dict) else cond
@@ -41,11 +42,10 @@ class SupervisedDenoiser:
     @torch.no_grad()
     def denoise(self, volume_hu: np.ndarray, vector: torch.Tensor | None = None, batch_size: int = 8) -> np.ndarray:
         """[D, H, W] HU -> [D, H, W] HU; ``vector``: the scan's encoded metadata (as ``cdm4mi denoise`` builds it)."""
-        normalization = data_normalization(self.config.data).fit(volume_hu)
+        normalization = self.preprocessing.normalizer().fit(volume_hu)
         units = torch.as_tensor(np.asarray(normalization.forward(volume_hu.astype(np.float32))), dtype=torch.float32)
-        context = int(self.config.data.get("context_slices", 1)) if self.config.data.get("mode") == "2.5d" else 0
-        stack = neighbour_stack(units, context)
-        multiple = getattr(self.backbone, "size_multiple", 1)
+        stack = neighbour_stack(units, self.preprocessing.context)
+        multiple = self.backbone.size_multiple
         outputs = []
         for start in range(0, len(stack), batch_size):
             batch, (height, width) = pad_to_multiple(stack[start : start + batch_size], multiple)
@@ -73,7 +73,7 @@ def train_supervised(config: Config, progress: bool = True) -> SupervisedDenoise
         return training.min_lr_ratio + (1 - training.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress_))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    model = SupervisedDenoiser(config, backbone, tuple(config.data.get("metadata") or ()))
+    model = SupervisedDenoiser(ScanPreprocessing.from_dict(dataset.preprocessing_state()), backbone)
     backbone.train()
     step, bar = 0, tqdm(total=training.max_steps, desc="supervised baseline", unit="step", disable=not progress)
     while step < training.max_steps:

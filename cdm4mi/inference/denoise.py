@@ -26,41 +26,36 @@ from monai.inferers import SlidingWindowInferer
 from pydicom.dataset import Dataset
 from tqdm.auto import tqdm
 
-from cdm4mi.data.io import Scan, resample_like, resample_to
 from cdm4mi.data.metadata import encode_metadata, resolve_metadata
-from cdm4mi.data.noise_estimate import estimate_input_noise
-from cdm4mi.data.normalize import HUWindow, normalization_from_dict
+from cdm4mi.data.preprocessing import slab_indices
 from cdm4mi.diffusion import warm_start
+from cdm4mi.io.read import Scan, resample_like, resample_to
+from cdm4mi.simulate.noise_estimate import estimate_input_noise
 from cdm4mi.training.module import DiffusionModule
 
 
 @dataclass
 class DenoiseResult:
     mean: np.ndarray  # [D, H, W] in the scan's units (HU for CT)
-    std: np.ndarray | None  # [D, H, W] per-voxel std over samples (same units), when samples > 1
+    # [D, H, W] uncertainty (same units), when samples > 1: the std over the draws, scaled to a calibrated
+    # coverage (mean ± 2 std) when the checkpoint carries a calibration (cdm4mi.evaluation.calibration)
+    std: np.ndarray | None
     t_start: int
     input_noise_std: float  # model units, estimated from the scan unless given
     metadata: dict[str, Any] = field(default_factory=dict)  # field -> value fed to the model (data.metadata)
     metadata_sources: dict[str, str] = field(default_factory=dict)  # field -> 'given', 'tag', 'estimated', 'missing'
+    input_noise_scan: float = float("nan")  # input_noise_std in the scan's units (HU for CT)
+    calibration: dict[str, Any] | None = None  # the calibration applied to ``std``, None: the raw spread
 
 
 def model_normalization(module: DiffusionModule):
-    """The normalization the model was trained with (``data.normalization``; CT HU window by default)."""
-    return data_normalization(module.config.data)
-
-
-def data_normalization(data: Mapping[str, Any]):
-    """The normalization a ``data`` config section trains with (``normalization``; CT HU window by default)."""
-    spec = data.get("normalization")
-    return normalization_from_dict(spec) if spec else HUWindow()
+    """The normalization the model was trained with (unfitted; its contract, ``module.preprocessing``)."""
+    return module.preprocessing.normalizer()
 
 
 def neighbour_stack(volume: torch.Tensor, context_slices: int) -> torch.Tensor:
     """[D, H, W] -> [D, 2k+1, H, W]: each slice with its k neighbours on each side (edges replicated)."""
-    depth = volume.shape[0]
-    offsets = torch.arange(-context_slices, context_slices + 1)
-    index = (torch.arange(depth)[:, None] + offsets[None]).clamp(0, depth - 1)
-    return volume[index]
+    return volume[torch.from_numpy(slab_indices(volume.shape[0], context_slices))]
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -69,7 +64,7 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, 
     return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate"), (height, width)
 
 
-class WarmStartDenoiser:
+class WarmStartSampler:
     """Maps conditioning images (model units) to denoised samples with one trained model.
 
     ``vector`` (``[vector_dim]``, the scan's encoded metadata) is added to the condition of every batch,
@@ -111,6 +106,7 @@ def denoise_volume(
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
     dicom_header: Dataset | None = None,
+    calibrated: bool = True,
 ) -> DenoiseResult:
     """Denoise a [D, H, W] volume (HU for CT) with a 2D (slice-batched) or 3D (sliding-window) model.
 
@@ -121,6 +117,10 @@ def denoise_volume(
     fields the model does not take are ignored) and the tags of ``dicom_header`` give the vector, and the
     noise level missing from both is the estimate. A given ``noise_level`` is also the warm start's input
     noise std unless ``input_noise_std`` is set.
+
+    With ``sampling.dihedral_draws``, draw k sees the slices turned by the k-th of the 8 in-plane flips and
+    90-degree rotations (undone on its output): the mean of the draws is also a geometric self-ensemble.
+    ``calibrated=False`` returns the raw spread even for a checkpoint that carries a calibration.
     """
     if volume.ndim != 3:
         raise ValueError(f"denoise: expected a [D, H, W] volume, got shape {volume.shape}")
@@ -141,16 +141,36 @@ def denoise_volume(
     elif limit is not None and t_start > limit:
         raise ValueError(f"--t-start: {t_start} lies beyond the timesteps this model was trained on (<= {limit})")
     generator = torch.Generator(device=device).manual_seed(seed)
-    denoiser = WarmStartDenoiser(module, steps, eta, t_start, sigma, generator, vector)
-    draws = [_run_model(module, denoiser, units, batch_size, progress, f"sample {k + 1}/{samples}")
-             for k in range(samples)]
+    sampler = WarmStartSampler(module, steps, eta, t_start, sigma, generator, vector)
+    dihedral = bool(module.config.sampling.dihedral_draws)
+    draws = []
+    for k in range(samples):
+        turn = k % 8 if dihedral else 0
+        draw = _run_model(module, sampler, dihedral_turn(units, turn), batch_size, progress, f"sample {k + 1}/{samples}")
+        draws.append(dihedral_turn(draw, turn, inverse=True))
     stack = torch.stack(draws)
     mean = np.asarray(normalization.inverse(stack.mean(0).numpy()), dtype=np.float32)
+    unit_in_scan = abs(float(normalization.inverse(np.float32(1.0)) - normalization.inverse(np.float32(0.0))))
+    calibration = getattr(module, "card", {}).get("uncertainty") if calibrated else None
     std = None
     if samples > 1:
-        unit_in_scan = float(normalization.inverse(np.float32(1.0)) - normalization.inverse(np.float32(0.0)))
-        std = (stack.std(0).numpy() * abs(unit_in_scan)).astype(np.float32)
-    return DenoiseResult(mean, std, t_start, sigma, values, sources)
+        std = stack.std(0).numpy() * unit_in_scan
+        if calibration:
+            std = calibration["scale"] * (std + calibration["offset"] * sigma * unit_in_scan)
+        std = std.astype(np.float32)
+    return DenoiseResult(mean, std, t_start, sigma, values, sources, sigma * unit_in_scan,
+                         calibration if samples > 1 else None)
+
+
+def dihedral_turn(volume: torch.Tensor, turn: int, inverse: bool = False) -> torch.Tensor:
+    """The ``turn``-th (0-7) of the 8 in-plane symmetries of a [..., H, W] tensor: ``turn % 4`` quarter turns,
+    then a left-right flip for ``turn >= 4``; ``inverse`` undoes it."""
+    quarter, flip = turn % 4, turn >= 4
+    if not inverse:
+        volume = torch.rot90(volume, quarter, dims=(-2, -1))
+        return volume.flip(-1) if flip else volume
+    volume = volume.flip(-1) if flip else volume
+    return torch.rot90(volume, -quarter, dims=(-2, -1))
 
 
 def input_noise_and_metadata(module: DiffusionModule, units: torch.Tensor, normalization, metadata: Mapping | None,
@@ -164,7 +184,7 @@ def input_noise_and_metadata(module: DiffusionModule, units: torch.Tensor, norma
     values, sources = resolve_metadata(fields, metadata, dicom_header, None, "--metadata") if fields else ({}, {})
     if input_noise_std is None:
         input_noise_std = values.get("noise_level")
-    estimator = module.config.data.get("noise_estimator", "wavelet")
+    estimator = module.preprocessing.noise_estimator
     sigma = estimate_input_noise(units.numpy(), normalization, estimator) if input_noise_std is None else input_noise_std
     if sources.get("noise_level") == "missing":  # a noise std passed as input_noise_std counts as given
         values["noise_level"] = sigma
@@ -186,24 +206,22 @@ def scan_vector(module: DiffusionModule, scan: Scan, metadata: Mapping | None = 
 
 def model_metadata_fields(module: DiffusionModule) -> tuple[str, ...]:
     """The metadata fields the model was trained with (``data.metadata``), empty for none."""
-    return tuple(module.config.data.get("metadata") or ())
+    return module.preprocessing.metadata
 
 
-def _run_model(module: DiffusionModule, denoiser: WarmStartDenoiser, units: torch.Tensor, batch_size: int,
+def _run_model(module: DiffusionModule, sampler: WarmStartSampler, units: torch.Tensor, batch_size: int,
                progress: bool, description: str) -> torch.Tensor:
-    data = module.config.data
-    if data.get("mode") == "3d":
-        patch = data.get("patch_size") or [32, 64, 64]
-        inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=batch_size, overlap=0.25, mode="gaussian",
+    preprocessing = module.preprocessing
+    if preprocessing.mode == "3d":
+        inferer = SlidingWindowInferer(roi_size=list(preprocessing.window), sw_batch_size=batch_size, overlap=0.25, mode="gaussian",
                                        progress=progress)
-        return inferer(units[None, None].to(module.device), denoiser)[0, 0].cpu()
-    context = int(data.get("context_slices", 1)) if data.get("mode") == "2.5d" else 0
-    cond = neighbour_stack(units, context)
-    multiple = getattr(module.backbone, "size_multiple", 1)  # U-Net: 2^(levels - 1); DiT: its patch size
+        return inferer(units[None, None].to(module.device), sampler)[0, 0].cpu()
+    cond = neighbour_stack(units, preprocessing.context)
+    multiple = module.backbone.size_multiple  # U-Net: 2^(levels - 1); DiT: its patch size
     outputs = []
     for start in tqdm(range(0, len(cond), batch_size), desc=description, unit="batch", disable=not progress):
         batch, (height, width) = pad_to_multiple(cond[start : start + batch_size].to(module.device), multiple)
-        outputs.append(denoiser(batch)[:, 0, :height, :width].cpu())
+        outputs.append(sampler(batch)[:, 0, :height, :width].cpu())
     return torch.cat(outputs)
 
 
@@ -213,7 +231,7 @@ def denoise_scan(module: DiffusionModule, scan: Scan, **options: Any) -> Denoise
     A DICOM scan's tags feed the model's metadata vector (``options["metadata"]`` takes precedence)."""
     if scan.dicom_reference is not None:
         options.setdefault("dicom_header", scan.dicom_reference.header)
-    spacing = module.config.data.get("spacing_mm")
+    spacing = module.preprocessing.spacing_mm
     if spacing is None:
         return denoise_volume(module, scan.array, **options)
     working = resample_to(scan, spacing)

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdm4mi.models.embeddings import sinusoidal_embedding
+from cdm4mi.models.options import CONDITIONING_KEYS
 
-CONDITIONING_KEYS = (None, "concat", "crossattn", "hybrid", "adaln")
 COND_KEYS = ("image", "vector", "label")
 
 

@@ -17,7 +17,6 @@ branch to the condition's tokens in every block. Self-attention runs within wind
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import nn
@@ -31,6 +30,7 @@ from cdm4mi.models.conditioning import (
 )
 from cdm4mi.models.embeddings import TimestepEmbedding
 from cdm4mi.models.inputs import batch_timesteps, check_spatial_shape, stack_condition
+from cdm4mi.models.options import ConditioningKey, check_dropout
 from cdm4mi.models.registry import BACKBONES
 
 TIME_FREQUENCIES = 256  # sinusoidal features of the timestep, as in DiT
@@ -142,8 +142,7 @@ def _validate_options(spatial_dims: int, patch_size: int, hidden_size: int, dept
         raise ValueError(f"network.num_head_channels: {num_head_channels} does not divide hidden_size {hidden_size}")
     if mlp_ratio <= 0:
         raise ValueError(f"network.mlp_ratio: must be > 0, got {mlp_ratio}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"network.dropout: must lie in [0, 1), got {dropout}")
+    check_dropout(dropout)
     if attention_window is not None and attention_window < 1:
         raise ValueError(f"network.attention_window: must be >= 1 token per axis (or null: global), "
                          f"got {attention_window}")
@@ -169,7 +168,7 @@ class DiT(nn.Module):
     def __init__(self, spatial_dims: int = 2, in_channels: int = 2, out_channels: int = 1, patch_size: int = 2,
                  hidden_size: int = 384, depth: int = 12, num_head_channels: int = 64, mlp_ratio: float = 4.0,
                  dropout: float = 0.0,
-                 conditioning_key: Literal["concat", "crossattn", "hybrid", "adaln"] | None = "concat",
+                 conditioning_key: ConditioningKey = "concat",
                  cond_channels: int | None = None, vector_dim: int = 0, num_classes: int = 0,
                  cond_drop_prob: float = 0.0, cond_patch_size: int = 8, token_dim: int = 128,
                  max_cond_tokens: int = 256, attention_window: int | None = None,

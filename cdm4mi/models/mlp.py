@@ -23,6 +23,7 @@ from cdm4mi.models.attention import zeroed
 from cdm4mi.models.conditioning import ConditionEncoder, as_cond_dict
 from cdm4mi.models.embeddings import TimestepEmbedding
 from cdm4mi.models.inputs import batch_timesteps
+from cdm4mi.models.options import check_dropout
 from cdm4mi.models.registry import BACKBONES
 
 
@@ -170,11 +171,10 @@ class ResidualMLP(nn.Module):
         check_positive(dim=dim, hidden_dim=hidden_dim, time_embed_dim=time_embed_dim)
         if num_blocks < 0:
             raise ValueError(f"network.num_blocks: must be >= 0, got {num_blocks}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"network.dropout: must lie in [0, 1), got {dropout}")
+        check_dropout(dropout)
         self.dim, self.num_classes, self.cond_dim = dim, num_classes, cond_dim
         self.conditioning = VectorConditioning(time_embed_dim, num_classes, cond_drop_prob, vector_dim=cond_dim)
-        self.cond_drop_prob = cond_drop_prob
+        self.cond_drop_prob, self.size_multiple = cond_drop_prob, 1  # vectors: no spatial sides
         self.body = ResidualMLPBody(dim, hidden_dim, num_blocks, time_embed_dim, dropout)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: object = None) -> torch.Tensor:

@@ -27,22 +27,17 @@ What differs from ``unet`` (so the two are not weight-compatible):
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-from cdm4mi.models.conditioning import (
-    CONDITIONING_KEYS,
-    ConditionEncoder,
-    default_cond_channels,
-)
+from cdm4mi.models.conditioning import ConditionEncoder, default_cond_channels
 from cdm4mi.models.inputs import (
     batch_timesteps,
     check_level_widths,
     check_spatial_shape,
     stack_condition,
 )
+from cdm4mi.models.options import ConditioningKey, check_dropout
 from cdm4mi.models.registry import BACKBONES
 
 
@@ -56,17 +51,13 @@ def _validate_options(spatial_dims: int, base_channels: int, channel_mult: list[
         raise ValueError("network.conditioning_key: 'adaln' is not available with monai_unet: MONAI's "
                          "DiffusionModelUNet has no AdaLN (its residual blocks only add the time embedding); "
                          "use concat, crossattn or hybrid, or name: unet for adaln")
-    if conditioning_key not in CONDITIONING_KEYS:
-        raise ValueError(f"network.conditioning_key: must be one of None, 'concat', 'crossattn', 'hybrid', "
-                         f"got {conditioning_key!r}")
     if not channel_mult or min(channel_mult) < 1 or base_channels < 1:
         raise ValueError(f"network.channel_mult: need one or more positive multipliers and base_channels >= 1, "
                          f"got {channel_mult} and {base_channels}")
     if len(attention_levels) != len(channel_mult):
         raise ValueError(f"network.attention_levels: needs one flag per channel_mult level ({len(channel_mult)}), "
                          f"got {len(attention_levels)}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"network.dropout: must lie in [0, 1), got {dropout}")
+    check_dropout(dropout)
     if dropout > 0 and conditioning_key not in ("crossattn", "hybrid"):
         raise ValueError(f"network.dropout: monai_unet has dropout only in its cross-attention transformer blocks "
                          f"(conditioning_key crossattn or hybrid), not with {conditioning_key!r}; set dropout: 0.0, "
@@ -96,7 +87,7 @@ class MonaiUNet(nn.Module):
                  channel_mult: list[int] = [1, 2, 4], num_res_blocks: int = 2,  # noqa: B006 - copied, never mutated
                  attention_levels: list[bool] = [False, False, True], num_head_channels: int = 32,  # noqa: B006
                  dropout: float = 0.0, norm_groups: int = 32,
-                 conditioning_key: Literal["concat", "crossattn", "hybrid", "adaln"] | None = "concat",
+                 conditioning_key: ConditioningKey = "concat",
                  cond_channels: int | None = None, vector_dim: int = 0, num_classes: int = 0,
                  cond_drop_prob: float = 0.0, cond_patch_size: int = 8, token_dim: int = 128,
                  max_cond_tokens: int = 256, attention_window: int | None = None,

@@ -18,6 +18,7 @@ class SimpleScoreNetwork(nn.Module):
         if num_layers < 1:
             raise ValueError(f"network.num_layers: must be >= 1, got {num_layers}")
         self.time_embed_dim = time_embed_dim
+        self.size_multiple, self.cond_drop_prob = 1, 0.0  # points: any number of them, unconditional
         layers: list[nn.Module] = []
         width = dim + time_embed_dim
         for _ in range(num_layers):

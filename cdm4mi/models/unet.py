@@ -12,7 +12,7 @@ block starts as the identity; Peebles & Xie 2023). Self-attention runs within wi
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cdm4mi.models.attention import GridAttention, zeroed
-from cdm4mi.models.conditioning import (
-    CONDITIONING_KEYS,
-    ConditionEncoder,
-    default_cond_channels,
-)
+from cdm4mi.models.conditioning import ConditionEncoder, default_cond_channels
 from cdm4mi.models.embeddings import TimestepEmbedding
 from cdm4mi.models.inputs import (
     batch_timesteps,
@@ -32,6 +28,7 @@ from cdm4mi.models.inputs import (
     check_spatial_shape,
     stack_condition,
 )
+from cdm4mi.models.options import ConditioningKey, check_dropout
 from cdm4mi.models.registry import BACKBONES
 
 
@@ -108,14 +105,10 @@ def _validate_options(spatial_dims: int, base_channels: int, channel_mult: list[
     """Raise a ``ValueError`` naming the first inconsistent constructor option."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"network.spatial_dims: must be 2 or 3, got {spatial_dims}")
-    if conditioning_key not in CONDITIONING_KEYS:
-        raise ValueError(f"network.conditioning_key: must be one of {list(CONDITIONING_KEYS)}, "
-                         f"got {conditioning_key!r}")
     if not channel_mult or min(channel_mult) < 1 or base_channels < 1:
         raise ValueError(f"network.channel_mult: need one or more positive multipliers and base_channels >= 1, "
                          f"got {channel_mult} and {base_channels}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"network.dropout: must lie in [0, 1), got {dropout}")
+    check_dropout(dropout)
     if len(attention_levels) != len(channel_mult):
         raise ValueError(f"network.attention_levels: needs one flag per channel_mult level ({len(channel_mult)}), "
                          f"got {len(attention_levels)}")
@@ -153,7 +146,7 @@ class ConditionalUNet(nn.Module):
                  channel_mult: list[int] = [1, 2, 4], num_res_blocks: int = 2,  # noqa: B006 - copied, never mutated
                  attention_levels: list[bool] = [False, False, True], num_head_channels: int = 32,  # noqa: B006
                  dropout: float = 0.0, norm_groups: int = 32,
-                 conditioning_key: Optional[Literal["concat", "crossattn", "hybrid", "adaln"]] = "concat",
+                 conditioning_key: ConditioningKey = "concat",
                  cond_channels: Optional[int] = None, vector_dim: int = 0, num_classes: int = 0,
                  cond_drop_prob: float = 0.0, cond_patch_size: int = 8, token_dim: int = 128,
                  max_cond_tokens: int = 256, attention_window: Optional[int] = None,

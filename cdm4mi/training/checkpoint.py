@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import cdm4mi
+from cdm4mi.atomic import atomic_output
 from cdm4mi.training.module import DiffusionModule
 from cdm4mi.training.safety import load_error
 
@@ -48,3 +49,16 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
         raise ValueError(f"--checkpoint: {path} does not fit this cdm4mi ({written_by}): {load_error(error)}") from None
     module.card = {**module.model_card(), **card}
     return module.eval()
+
+
+def store_card_entry(path: str | Path, key: str, value: dict) -> None:
+    """Add ``key: value`` to the card of the checkpoint at ``path`` (its ``cdm4mi`` entry), rewritten atomically.
+    The checkpoint must be one cdm4mi wrote (``load_module`` reads it); the weights are untouched."""
+    path = Path(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    card = checkpoint.get("cdm4mi")
+    if not isinstance(card, dict):
+        raise ValueError(f"--checkpoint: {path} has no cdm4mi card; it was not written by cdm4mi train")
+    card[key] = value
+    with atomic_output(path, overwrite=True) as temporary:
+        torch.save(checkpoint, temporary)

@@ -15,19 +15,15 @@ import torch
 
 import cdm4mi
 from cdm4mi.config import Config, SamplingConfig, validate
-from cdm4mi.diffusion import (
-    DiffusionObjective,
-    NoiseSchedule,
-    classifier_free_guidance,
-    ddim_sample,
-    ddpm_sample,
-    warm_start,
-)
+from cdm4mi.data.preprocessing import ScanPreprocessing
+from cdm4mi.diffusion import DiffusionObjective, NoiseSchedule, ddim_sample, ddpm_sample
+from cdm4mi.diffusion.denoiser import Denoiser, ScheduleDenoiser, SDEDenoiser, guided
+from cdm4mi.diffusion.objective import Objective
 from cdm4mi.diffusion.ode import ode_sample
 from cdm4mi.diffusion.pc import pc_sample
 from cdm4mi.diffusion.sampling import StepCallback
-from cdm4mi.diffusion.sde import DiscreteVPSDE, ScoreMatchingObjective, sde_from_config
-from cdm4mi.evaluation.figures import save_sample_preview
+from cdm4mi.diffusion.sde import DiscreteVPSDE, ScoreMatchingObjective, sampling_times, sde_from_config
+from cdm4mi.diffusion.timesteps import sampling_timesteps
 from cdm4mi.models import build_backbone
 from cdm4mi.training.safety import CHECKPOINT_DIR, LAST_CHECKPOINT, NonFiniteGuard
 
@@ -52,6 +48,7 @@ class DiffusionModule(L.LightningModule):
             beta_end=diffusion.beta_end,
             betas=diffusion.betas,
         )
+        self.objective: Objective
         if diffusion.sde is None:
             self.sde = None
             self.objective = DiffusionObjective(
@@ -67,7 +64,6 @@ class DiffusionModule(L.LightningModule):
             self.objective = ScoreMatchingObjective(
                 self.sde, diffusion.parameterization, diffusion.loss_type, diffusion.huber_delta
             )
-        self._preview_batch: dict[str, Any] | None = None
         training = self.config.training
         self.nonfinite = NonFiniteGuard(training.nonfinite_loss, training.max_nonfinite_skips,
                                         Path(self.config.output_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT)
@@ -92,16 +88,26 @@ class DiffusionModule(L.LightningModule):
             self.nonfinite.check_weights(checkpoint.get(key, {}), self.global_step)
         checkpoint["cdm4mi"] = self.model_card()
 
+    @property
+    def preprocessing(self) -> ScanPreprocessing:
+        """How the model sees a scan (the data set's contract, stored with the checkpoint); for scan models."""
+        return ScanPreprocessing.of_model(self.config.data, self.data_state)
+
+    @property
+    def task(self) -> str:
+        """'denoise' (a scan model: ``preprocessing`` applies) or 'generate'."""
+        return self.preprocessing.task
+
     def model_card(self) -> dict[str, Any]:
         """What a checkpoint says about its model, so that a tool can check it fits an input before use."""
         data, network, state = self.config.data, self.config.network, self.data_state or {}
         return {
             "version": cdm4mi.__version__,
-            "task": "denoise" if data["name"] == "paired_scans" else "generate",
+            "task": self.task,
             "data": data["name"],
             "modality": state.get("modality"),
             "normalization": state.get("normalization"),
-            "data_mode": data.get("mode"),
+            "data_mode": self.preprocessing.mode if self.task == "denoise" else data.get("mode"),
             "spatial_dims": network.get("spatial_dims"),
             "in_channels": network.get("in_channels"),
             "out_channels": network.get("out_channels"),
@@ -111,32 +117,10 @@ class DiffusionModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # The same timesteps and noise at every validation, so the curve shows the model, not the draw.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        batch = pad_images(batch, getattr(self.backbone, "size_multiple", 1))
+        batch = pad_images(batch, self.backbone.size_multiple)
         loss = self.objective.loss(self.backbone, batch["x0"], batch.get("cond"), generator=generator)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["x0"].shape[0])
-        if batch_idx == 0:
-            self._preview_batch = batch
         return loss
-
-    def on_validation_epoch_end(self) -> None:
-        count = self.config.training.preview_samples
-        if self.trainer.sanity_checking or count == 0 or self._preview_batch is None or not self.trainer.is_global_zero:
-            return
-        reference = self._preview_batch["x0"][:count]
-        cond = first_samples(self._preview_batch.get("cond"), count)
-        generator = torch.Generator(device=self.device).manual_seed(self.config.training.seed)
-        t_start = self.config.training.preview_t_start
-        if t_start is None:
-            x = self.prior(reference.shape, generator, dtype=reference.dtype)
-        else:
-            noise = torch.randn(reference.shape, generator=generator, device=self.device, dtype=reference.dtype)
-            x = warm_start(self.schedule, reference, t_start, noise)
-        samples = self.sample(x, cond, t_start=t_start, generator=generator)
-        # Moments of generated vs. validation data: a cheap, shape-agnostic check that sampling works.
-        self.log("val/sample_mean_error", (samples.mean(0) - reference.mean(0)).abs().mean(), rank_zero_only=True)
-        self.log("val/sample_std_error", (samples.std(0) - reference.std(0)).abs().mean(), rank_zero_only=True)
-        path = Path(self.config.output_dir) / "previews" / f"step{self.global_step:07d}.png"
-        save_sample_preview(samples, reference, path, title=f"step {self.global_step}")
 
     def prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -162,27 +146,34 @@ class DiffusionModule(L.LightningModule):
         ``callback(step, t, x, x0)`` sees every step.
         """
         options = SamplingConfig.model_validate({**self.config.sampling.model_dump(), **overrides})
-        if options.guidance_scale != 1.0 and not getattr(self.backbone, "cond_drop_prob", 0.0):
+        if options.guidance_scale != 1.0 and not self.backbone.cond_drop_prob:
             raise ValueError("sampling.guidance_scale: this network was trained without condition dropout "
                              "(network.cond_drop_prob = 0), so it has no unconditional branch to guide with")
-        model = classifier_free_guidance(self.backbone, options.guidance_scale)
-        common = dict(num_steps=options.steps, parameterization=self.config.diffusion.parameterization, cond=cond,
-                      generator=generator, progress=progress, callback=callback)
+        denoiser = guided(self.denoiser(options.sampler, options.clip_x0), options.guidance_scale)
+        common = dict(cond=cond, generator=generator, callback=callback, progress=progress)
         if options.sampler in ("pc", "ode"):
             if t_start is not None:
                 raise ValueError(f"sampling.sampler: warm starts (t_start) need ddim or ddpm, not {options.sampler}")
-            # A DDPM-trained model is a score model of the VP SDE its discrete schedule implies.
-            sde = self.sde if self.sde is not None else DiscreteVPSDE(self.schedule)
+            times = sampling_times(denoiser.sde, options.steps)
             if options.sampler == "pc":
-                return pc_sample(model, x, sde, snr=options.snr, n_corrector=options.n_corrector, **common)
-            return ode_sample(model, x, sde, method=options.ode_method, **common)
-        if self.sde is not None:
-            raise ValueError(f"sampling.sampler: {options.sampler} needs a discrete-time model; this one was trained "
-                             f"on the {self.sde.name} SDE (diffusion.sde): use pc or ode")
-        common.update(timestep_spacing=options.timestep_spacing, t_start=t_start, clip_x0=options.clip_x0)
+                return pc_sample(denoiser, x, times, snr=options.snr, n_corrector=options.n_corrector, **common)
+            return ode_sample(denoiser, x, times, method=options.ode_method, **common)
+        timesteps = sampling_timesteps(self.schedule.timesteps, options.steps, options.timestep_spacing, t_start)
         if options.sampler == "ddim":
-            return ddim_sample(model, x, self.schedule, eta=options.eta, **common)
-        return ddpm_sample(model, x, self.schedule, variance=options.variance, **common)
+            return ddim_sample(denoiser, x, timesteps, eta=options.eta, **common)
+        return ddpm_sample(denoiser, x, timesteps, variance=options.variance, **common)
+
+    def denoiser(self, sampler: str = "ddim", clip_x0: tuple[float, float] | None = None) -> Denoiser:
+        """The backbone as the denoiser ``sampler`` needs: over the schedule's timesteps (ddim, ddpm), or over
+        SDE time (pc, ode; a DDPM-trained model is a score model of the VP SDE its discrete schedule implies)."""
+        parameterization = self.config.diffusion.parameterization
+        if sampler in ("pc", "ode"):
+            sde = self.sde if self.sde is not None else DiscreteVPSDE(self.schedule)
+            return SDEDenoiser(self.backbone, sde, parameterization)
+        if self.sde is not None:
+            raise ValueError(f"sampling.sampler: {sampler} needs a discrete-time model; this one was trained "
+                             f"on the {self.sde.name} SDE (diffusion.sde): use pc or ode")
+        return ScheduleDenoiser(self.backbone, self.schedule, parameterization, clip_x0)
 
     def configure_optimizers(self):
         training = self.config.training
@@ -216,12 +207,3 @@ def pad_images(batch: dict[str, Any], multiple: int) -> dict[str, Any]:
         return value
 
     return {**batch, "x0": pad(x0), "cond": pad(batch.get("cond"))}
-
-
-def first_samples(cond: object, count: int) -> object:
-    """The first ``count`` samples of a batched condition: a tensor, a dict of them, or None."""
-    if torch.is_tensor(cond):
-        return cond[:count]
-    if isinstance(cond, dict):
-        return {key: first_samples(value, count) for key, value in cond.items()}
-    return cond

@@ -18,6 +18,7 @@ from cdm4mi.data.metadata import metadata_vector_dim
 from cdm4mi.training.datamodule import DiffusionDataModule
 from cdm4mi.training.ema import WarmupEMA
 from cdm4mi.training.module import DiffusionModule
+from cdm4mi.training.previews import SamplePreviews
 from cdm4mi.training.safety import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, RandomState
 
 
@@ -51,7 +52,9 @@ def build_trainer(config: Config) -> L.Trainer:
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     callbacks: list[Callback] = [FinalCheckpoint(checkpoint_dir / LAST_CHECKPOINT, training.checkpoint_every_n_steps),
-                                 RandomState()]
+                                 RandomState(),
+                                 SamplePreviews(training.preview_samples, training.preview_t_start, training.seed,
+                                                output_dir / "previews")]
     if training.ema_decay is not None:
         callbacks.append(WarmupEMA(training.ema_decay))
     callbacks += [
