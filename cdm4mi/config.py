@@ -15,15 +15,18 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from cdm4mi.diffusion.ddpm import VARIANCES
+from cdm4mi.diffusion.ddim import Eta
+from cdm4mi.diffusion.ddpm import Variance
 from cdm4mi.diffusion.objective import LOSS_TYPES, PARAMETERIZATIONS
-from cdm4mi.diffusion.ode import ODE_METHODS
+from cdm4mi.diffusion.ode import ODEMethod
+from cdm4mi.diffusion.pc import SNR, Correctors
 from cdm4mi.diffusion.sampling import SAMPLERS
 from cdm4mi.diffusion.schedule import SCHEDULES
 from cdm4mi.diffusion.sde import SDE_KINDS, VESDE, VPSDE
 from cdm4mi.diffusion.timesteps import SPACINGS
 
-# Choices come from the modules that implement them (Literal[tuple] is Literal of its items).
+# Choices and sampler option constraints come from the modules that implement them (Literal[tuple] is
+# Literal of its items; the samplers check the same Annotated aliases for Python callers).
 
 
 class _Section(BaseModel):
@@ -61,16 +64,16 @@ class SamplingConfig(_Section):
     # either: on a DDPM-trained model through the VP SDE its schedule implies.
     sampler: Literal[SAMPLERS] = "ddim"
     steps: int = pydantic.Field(50, ge=1)
-    eta: float = pydantic.Field(0.0, ge=0)
+    eta: Eta = 0.0
     timestep_spacing: Literal[SPACINGS] = "trailing"
     clip_x0: tuple[float, float] | None = None
-    variance: Literal[VARIANCES] = "fixed_small"
+    variance: Variance = "fixed_small"
     # Classifier-free guidance weight: 1 = the conditional model; needs network.cond_drop_prob > 0.
     guidance_scale: float = pydantic.Field(1.0, ge=0)
     # Predictor-corrector: Langevin corrector steps per predictor step and their signal-to-noise ratio.
-    snr: float = pydantic.Field(0.16, gt=0)
-    n_corrector: int = pydantic.Field(1, ge=0)
-    ode_method: Literal[ODE_METHODS] = "heun"
+    snr: SNR = 0.16
+    n_corrector: Correctors = 1
+    ode_method: ODEMethod = "heun"
     # Warm start (cdm4mi denoise): start where the forward process's noise std is this many times the input's
     # estimated noise, topping the input up with white noise. 1 starts at the input's own level; larger
     # factors drown the input's correlated (FBP) noise in the white noise the model was trained on, so the

@@ -8,12 +8,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
+import pydantic
 import torch
 
 from cdm4mi.diffusion.denoiser import ScheduleDenoiser
 from cdm4mi.diffusion.sampling import StepCallback, alpha_bar_like, noise_like, step_pairs
 from cdm4mi.diffusion.schedule import NoiseSchedule
+from cdm4mi.registry import checked_options
 
 
 def ddim_step(
@@ -37,6 +40,10 @@ def ddim_step(
     return alpha_bar_prev.sqrt() * x0 + direction * eps + sigma * noise
 
 
+Eta = Annotated[float, pydantic.Field(ge=0)]  # 0: deterministic DDIM; 1: DDPM's posterior variance
+
+
+@checked_options("sampling")
 @torch.no_grad()
 def ddim_sample(
     denoiser: ScheduleDenoiser,
@@ -46,14 +53,12 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
-    eta: float = 0.0,
+    eta: Eta = 0.0,
 ) -> torch.Tensor:
     """Run DDIM from ``x`` (prior noise, or the warm-start state at ``timesteps[0]``) over ``timesteps``
     (``sampling_timesteps``) to a clean sample; noise for ``eta > 0`` comes from ``generator``; ``callback``
     sees every step. Returns the final x0 estimate, shaped like ``x``.
     """
-    if eta < 0:
-        raise ValueError(f"sampling.eta: must be >= 0, got {eta}")
     for step, (t, t_prev) in enumerate(step_pairs(timesteps, progress, "DDIM")):
         x0, eps = denoiser(x, t, cond)
         noise = noise_like(x, generator) if eta > 0 else None

@@ -8,13 +8,17 @@ variance ``(1 - abar_prev) / (1 - abar_t) * beta`` (``fixed_small``) or ``beta``
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from cdm4mi.diffusion.denoiser import ScheduleDenoiser
 from cdm4mi.diffusion.sampling import StepCallback, alpha_bar_like, noise_like, step_pairs
 from cdm4mi.diffusion.schedule import NoiseSchedule
+from cdm4mi.registry import checked_options
 
 VARIANCES = ("fixed_small", "fixed_large")
+Variance = Literal[VARIANCES]
 
 
 def ddpm_step(
@@ -39,6 +43,7 @@ def ddpm_step(
     return mean + var.sqrt() * noise
 
 
+@checked_options("sampling")
 @torch.no_grad()
 def ddpm_sample(
     denoiser: ScheduleDenoiser,
@@ -48,12 +53,10 @@ def ddpm_sample(
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
-    variance: str = "fixed_small",
+    variance: Variance = "fixed_small",
 ) -> torch.Tensor:
     """Ancestral sampling from ``x`` (prior noise or the warm-start state at ``timesteps[0]``) over
     ``timesteps`` (every timestep, or a stride of them: ``sampling_timesteps``)."""
-    if variance not in VARIANCES:
-        raise ValueError(f"sampling.variance: unknown '{variance}'; choose one of {list(VARIANCES)}")
     for step, (t, t_prev) in enumerate(step_pairs(timesteps, progress, "DDPM")):
         x0, _ = denoiser(x, t, cond)
         noise = noise_like(x, generator) if t_prev >= 0 else None

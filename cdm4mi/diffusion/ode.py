@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,8 +23,10 @@ from cdm4mi.diffusion.denoiser import SDEDenoiser
 from cdm4mi.diffusion.sampling import StepCallback, step_pairs
 from cdm4mi.diffusion.schedule import broadcast_to
 from cdm4mi.diffusion.sde import sde_time
+from cdm4mi.registry import checked_options
 
 ODE_METHODS = ("euler", "heun", "rk45")
+ODEMethod = Literal[ODE_METHODS]
 RK45_TOLERANCE = 1e-5
 logger = logging.getLogger(__name__)
 
@@ -56,11 +59,7 @@ def fixed_step(velocity: Velocity, x: torch.Tensor, t: float, t_next: float, met
     return x + dt * 0.5 * (slope + slope_next), x0
 
 
-def check_method(method: str) -> None:
-    if method not in ODE_METHODS:
-        raise ValueError(f"sampling.ode_method: unknown '{method}'; choose one of {list(ODE_METHODS)}")
-
-
+@checked_options("sampling", keys={"method": "ode_method"})
 @torch.no_grad()
 def ode_sample(
     denoiser: SDEDenoiser,
@@ -70,7 +69,7 @@ def ode_sample(
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
-    method: str = "heun",
+    method: ODEMethod = "heun",
 ) -> torch.Tensor:
     """Integrate from ``x``, a prior draw at ``timesteps[0]`` = 1, down the SDE times ``timesteps`` to the last
     (``t_min``); returns the x0 estimate there.
@@ -79,7 +78,6 @@ def ode_sample(
     plus ``n - 1`` with a callback). The ODE is deterministic: ``generator`` is accepted for the sampler
     signature and unused. ``callback(step, t, x, x0)`` sees every step.
     """
-    check_method(method)
     velocity = probability_flow(denoiser, cond)
     if method == "rk45" and len(timesteps) > 1:  # (a single step is the x0 estimate at t = 1 for every method)
         return _rk45_sample(velocity, x, timesteps, progress, callback)
@@ -93,6 +91,7 @@ def ode_sample(
     return x
 
 
+@checked_options("sampling", keys={"method": "ode_method"})
 @torch.no_grad()
 def ode_encode(
     denoiser: SDEDenoiser,
@@ -100,7 +99,7 @@ def ode_encode(
     timesteps: torch.Tensor,
     cond: object = None,
     progress: bool = False,
-    method: str = "heun",
+    method: ODEMethod = "heun",
 ) -> torch.Tensor:
     """The inverse map: clean ``x0`` -> its latent at ``timesteps[0]`` = 1, integrating the ODE up from the last
     time ``t_min`` through ``timesteps`` in reverse (rk45 only uses the two ends).
@@ -109,7 +108,6 @@ def ode_encode(
     up to the integration error and the x0 estimate's shrinkage at ``t_min`` (relative ``std(t_min)^2 /
     data variance``: 4e-4 for VP's defaults and unit-variance data).
     """
-    check_method(method)
     if len(timesteps) < 2:
         raise ValueError(f"sampling.steps: encoding integrates between {len(timesteps)} times; needs >= 2")
     times = timesteps.flip(0)

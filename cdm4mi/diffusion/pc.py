@@ -13,14 +13,22 @@ The last time returns the network's noise-free x0 estimate at ``t_min``, as ``dd
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import pydantic
 import torch
 
 from cdm4mi.diffusion.denoiser import SDEDenoiser
 from cdm4mi.diffusion.sampling import StepCallback, noise_like, step_pairs
 from cdm4mi.diffusion.schedule import broadcast_to
 from cdm4mi.diffusion.sde import SDE, sde_time
+from cdm4mi.registry import checked_options
+
+SNR = Annotated[float, pydantic.Field(gt=0)]  # the Langevin corrector's signal-to-noise ratio
+Correctors = Annotated[int, pydantic.Field(ge=0)]  # corrector steps per predictor step (0: Euler-Maruyama)
 
 
+@checked_options("sampling")
 @torch.no_grad()
 def pc_sample(
     denoiser: SDEDenoiser,
@@ -30,8 +38,8 @@ def pc_sample(
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
-    snr: float = 0.16,
-    n_corrector: int = 1,
+    snr: SNR = 0.16,
+    n_corrector: Correctors = 1,
 ) -> torch.Tensor:
     """Sample from ``x``, a draw from the prior at ``timesteps[0]`` = 1 (``sde.prior_sample``), over the SDE
     times ``timesteps``; returns x0 shaped like ``x``.
@@ -40,10 +48,6 @@ def pc_sample(
     before each of the others; ``n_corrector = 0`` is plain Euler-Maruyama. Noise comes from
     ``generator``; ``callback(step, t, x, x0)`` sees every step.
     """
-    if not snr > 0:
-        raise ValueError(f"sampling.snr: must be > 0, got {snr}")
-    if n_corrector < 0:
-        raise ValueError(f"sampling.n_corrector: must be >= 0, got {n_corrector}")
     sde = denoiser.sde
     for step, (t, t_next) in enumerate(step_pairs(timesteps, progress, f"PC ({sde.name} SDE)")):
         if t_next < 0:  # the last time: denoise

@@ -15,8 +15,9 @@ from PIL import Image
 from skimage.transform import resize
 from torch.utils.data import default_collate
 
-from cdm4mi.data.images import LUMA_WEIGHTS, read_idx
+from cdm4mi.data.images import LUMA_WEIGHTS
 from cdm4mi.data.registry import build_dataset, validate_dataset_options
+from cdm4mi.io.image_archives import read_idx
 
 
 def as_uint8(dataset) -> np.ndarray:

@@ -66,3 +66,20 @@ def test_guidance_wraps_the_network_of_any_denoiser():
         torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="diffusion.parameterization"):
         SDEDenoiser(network, VESDE(), "v")
+
+
+def test_sampler_options_are_checked_from_their_signature_for_python_callers_too():
+    """The constraint lives once, in the sampler's annotation; the config reuses the same alias."""
+    from cdm4mi.config import SamplingConfig
+    from cdm4mi.diffusion import ddim_sample, ddpm_sample, sampling_timesteps
+
+    schedule = NoiseSchedule.from_config("linear", 20)
+    denoiser = ScheduleDenoiser(network, schedule, "eps")
+    x, steps = torch.randn(1, 1, 4, 4), sampling_timesteps(20, 4)
+    with pytest.raises(ValueError, match=r"sampling.eta: Input should be greater than or equal to 0 \(got -0.5\)"):
+        ddim_sample(denoiser, x, steps, eta=-0.5)
+    with pytest.raises(ValueError, match="sampling.variance: Input should be 'fixed_small' or 'fixed_large'"):
+        ddpm_sample(denoiser, x, steps, variance="learned")
+    assert ddim_sample(denoiser, x, steps, eta=1, generator=torch.Generator().manual_seed(0)).shape == x.shape
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        SamplingConfig(eta=-0.5)

@@ -54,7 +54,8 @@ def run(
     return ddim_sample(denoiser, x_T, timesteps(schedule, steps, "trailing"))
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+# ddpm walks every timestep (1000 network calls): the inner loop (make test-fast) keeps the ddim half
+@pytest.mark.parametrize("sampler", [pytest.param("ddpm", marks=pytest.mark.slow), "ddim"])
 @pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
 @pytest.mark.parametrize("schedule_name", SCHEDULES)
 def test_exact_denoiser_reproduces_gaussian(sampler, parameterization, schedule_name):

@@ -167,6 +167,7 @@ def test_samples_write_a_non_negative_uncertainty_map(checkpoint, inputs, tmp_pa
     np.testing.assert_allclose(std_hu, std, atol=half_slope(tmp_path / "mean_dicom_std"))  # same seed, same draws
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_output(checkpoint, inputs, tmp_path, capsys):
     def run(seed: int, *extra: str) -> tuple[np.ndarray, np.ndarray]:
         cli(capsys, "denoise", "--checkpoint", checkpoint, "--input", inputs["ct"], "--output", tmp_path / "a.nii.gz",

@@ -78,6 +78,7 @@ def kill_after_checkpoint(args: list[str], checkpoint: Path, min_step: int) -> i
         process.kill()
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_path):
     """8 batches per epoch and a checkpoint every 8 steps: the resumed run restores optimizer, LR scheduler,
     EMA and random state and ends with exactly the weights of a run that was never interrupted."""
@@ -144,6 +145,7 @@ def test_ddp_ranks_stop_or_skip_a_nan_loss_of_one_rank_together(action, tmp_path
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_bad_config_gets_one_line_naming_the_key(tmp_path, capsys):
     cases = {
         "training.max_stepz=5": "config key 'training.max_stepz': unknown key",
