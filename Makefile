@@ -15,7 +15,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
 TORCH_INDEX ?=
 PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 
-.PHONY: demo test test-fast lint bench bench-quality setup clean
+.PHONY: demo test test-fast lint bench bench-gpu bench-quality setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_unet.py
+
+# training and denoising throughput on a CUDA GPU against MONAI's network (says so and exits 0 without one)
+bench-gpu: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_gpu.py
 
 # denoising quality on real CT shipped in pydicom/pydicom-data, leave one patient out (about an hour on 2 cores)
 bench-quality: $(VENV)/.installed
