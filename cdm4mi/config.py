@@ -7,6 +7,7 @@ constructor when it is built. Any unknown key or wrong type is a ``ValueError`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
@@ -24,13 +25,20 @@ from cdm4mi.diffusion.sampling import SAMPLERS
 from cdm4mi.diffusion.schedule import SCHEDULES
 from cdm4mi.diffusion.sde import SDE_KINDS, VESDE, VPSDE
 from cdm4mi.diffusion.timesteps import SPACINGS
+from cdm4mi.io.budget import check_voxels, short_repr
 
 # Choices and sampler option constraints come from the modules that implement them (Literal[tuple] is
 # Literal of its items; the samplers check the same Annotated aliases for Python callers).
+# Upper bounds (le=) refuse sizes no run needs before anything of that size is allocated: a schedule of
+# 1e12 timesteps, a batch of 1e9 items, a million data-loader processes. They lie far above real use
+# (1000 timesteps and 50 sampling steps are usual, 4000 and 1000 about the most published).
+MAX_TIMESTEPS = 100_000
+MAX_BATCH = 65_536
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and Inf pass no bound and would surface steps later as a NaN loss or an endless schedule
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SDEConfig(_Section):
@@ -45,7 +53,7 @@ class SDEConfig(_Section):
 
 
 class DiffusionConfig(_Section):
-    timesteps: int = pydantic.Field(1000, ge=1)
+    timesteps: int = pydantic.Field(1000, ge=1, le=MAX_TIMESTEPS)
     beta_schedule: Literal[SCHEDULES] = "linear"
     beta_start: float | None = None
     beta_end: float | None = None
@@ -63,7 +71,7 @@ class SamplingConfig(_Section):
     # ddim / ddpm need a discrete schedule; pc (predictor-corrector) and ode (probability flow) run on
     # either: on a DDPM-trained model through the VP SDE its schedule implies.
     sampler: Literal[SAMPLERS] = "ddim"
-    steps: int = pydantic.Field(50, ge=1)
+    steps: int = pydantic.Field(50, ge=1, le=MAX_TIMESTEPS)
     eta: Eta = 0.0
     timestep_spacing: Literal[SPACINGS] = "trailing"
     clip_x0: tuple[float, float] | None = None
@@ -85,12 +93,12 @@ class SamplingConfig(_Section):
     # After `cdm4mi train` of a CT denoiser: calibrate the spread of --samples draws so that mean ± 2 std covers
     # this share of body voxels of the full-dose truth (cdm4mi.evaluation.calibration); None: raw spread.
     calibrate_coverage: float | None = pydantic.Field(None, gt=0, lt=1)
-    calibrate_samples: int = pydantic.Field(3, ge=2)
+    calibrate_samples: int = pydantic.Field(3, ge=2, le=1000)
 
 
 class TrainingConfig(_Section):
     learning_rate: float = pydantic.Field(1e-4, gt=0)
-    batch_size: int = pydantic.Field(64, ge=1)
+    batch_size: int = pydantic.Field(64, ge=1, le=MAX_BATCH)
     max_steps: int = pydantic.Field(1000, ge=1)
     warmup_steps: int = pydantic.Field(100, ge=0)
     min_lr_ratio: float = pydantic.Field(0.0, ge=0, le=1)
@@ -103,13 +111,13 @@ class TrainingConfig(_Section):
     devices: int | str = "auto"
     num_nodes: int = pydantic.Field(1, ge=1)
     strategy: str = "auto"
-    num_workers: int = pydantic.Field(0, ge=0)
+    num_workers: int = pydantic.Field(0, ge=0, le=256)  # each worker is a process with its own copy of the data
     val_every_n_steps: int = pydantic.Field(500, ge=1)
     # 0: no validation, and the data need no 'val' split (e.g. leave-one-patient-out folds of a small cohort)
     val_batches: int = pydantic.Field(4, ge=0)
     checkpoint_every_n_steps: int = pydantic.Field(500, ge=1)
     log_every_n_steps: int = pydantic.Field(50, ge=1)
-    preview_samples: int = pydantic.Field(256, ge=0)
+    preview_samples: int = pydantic.Field(256, ge=0, le=MAX_BATCH)
     # Previews start from pure noise, or, when set, from validation data noised to this timestep
     # (needed for models trained with diffusion.max_train_timestep).
     preview_t_start: int | None = pydantic.Field(None, ge=0)
@@ -138,8 +146,64 @@ class Config(_Section):
         return block
 
 
+MAX_YAML_NODES = 100_000
+"""Values a config may hold once its aliases are expanded: a config has a few hundred, a 'billion laughs'
+document of nine nested levels of ten aliases stands for 1e9 in 1.4 KB, and whatever walks the values
+(validation, an error message's repr, ``yaml.safe_dump`` of the run's config) would walk them all."""
+MAX_YAML_DEPTH = 64
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; PyYAML parses about 1 MB a second
+
+
+class YAMLTooLarge(ValueError):
+    """A YAML document whose expanded values or nesting pass the limits above."""
+
+
 class _ConfigLoader(yaml.SafeLoader):
-    """Safe YAML that refuses a key repeated in one mapping: PyYAML would keep the last value silently."""
+    """Safe YAML that refuses a key repeated in one mapping (PyYAML would keep the last value silently) and a
+    document whose aliases expand beyond ``MAX_YAML_NODES`` values or nest beyond ``MAX_YAML_DEPTH`` levels,
+    checked on the composed node graph before any Python value is built."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the values ``root`` stands for with its aliases expanded, each shared node counted once per use
+    but walked once (an explicit stack: the graph of a hostile document is deep as well as wide)."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    walking: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = _children(node)
+        if children_done:
+            walking.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(child)] for child in children)
+            depth[id(node)] = 1 + max((depth[id(child)] for child in children), default=0)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise YAMLTooLarge(f"YAML aliases expand to more than {MAX_YAML_NODES:,} values (a config holds a "
+                                   "few hundred); write the values out instead of nesting aliases")
+            if depth[id(node)] > MAX_YAML_DEPTH:
+                raise YAMLTooLarge(f"YAML values nest more than {MAX_YAML_DEPTH} levels deep (a config needs a few)")
+        elif id(node) not in size:
+            if id(node) in walking:
+                raise YAMLTooLarge(f"a YAML alias refers to a value that contains it (line {node.start_mark.line + 1}): "
+                                   "the value would be infinite")
+            walking.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _mapping_without_repeats(loader: _ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -173,8 +237,21 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override '{override}': '{part}' is set both as a value and as a section")
-        node[leaf] = yaml.load(raw, Loader=_ConfigLoader) if raw else None
+        node[leaf] = _override_value(override, raw)
     return nested
+
+
+def _override_value(override: str, raw: str) -> Any:
+    if not raw:
+        return None
+    try:
+        return yaml.load(raw, Loader=_ConfigLoader)
+    except YAMLTooLarge as error:
+        raise ValueError(f"override {short_repr(override)}: {error}") from None
+    except RecursionError:
+        raise ValueError(f"override {short_repr(override)}: YAML values nest more than {MAX_YAML_DEPTH} levels deep") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {short_repr(override)}: not valid YAML ({str(error).splitlines()[0]})") from None
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -189,13 +266,31 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def validate(raw: dict[str, Any]) -> Config:
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except pydantic.ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        got = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {first.get('input')!r})"
+        got = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {short_repr(first.get('input'))})"
         raise ValueError(f"config key '{key}': {message}{got}") from None
+    _check_data_sizes(config)
+    return config
+
+
+def _check_data_sizes(config: Config) -> None:
+    """A training batch (``training.batch_size`` x ``data.patch_size`` or ``data.image_size``) and a generated
+    data set (``data.num_samples`` x ``data.dim``) within the voxel budget, before data are loaded or made.
+    Values of other types are left to the data set's own validation."""
+    data, batch = config.data, config.training.batch_size
+    for key in ("patch_size", "image_size"):
+        value = data.get(key)
+        sides = value if isinstance(value, list) else [value, value] if key == "image_size" else None
+        if sides and all(isinstance(side, int) and side > 0 for side in sides):
+            check_voxels(f"config key 'data.{key}'", batch * math.prod(sides),
+                         f"a training batch (training.batch_size {batch} x {'x'.join(map(str, sides))})")
+    count, dim = data.get("num_samples"), data.get("dim", 2)
+    if isinstance(count, int) and isinstance(dim, int) and count > 0 and dim > 0:
+        check_voxels("config key 'data.num_samples'", count * dim, f"the data set ({count:,} samples of {dim} values)")
 
 
 def builtin_config(name: str) -> Path:
@@ -224,10 +319,17 @@ def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
         raise ValueError(f"{option}: {path} is a folder, not a config file")
     if not path.is_file():
         raise ValueError(f"{option}: file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{option}: {path} is {path.stat().st_size:,} bytes; a config file is a few KB "
+                         f"(at most {MAX_CONFIG_BYTES:,} bytes are read)")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)
     except UnicodeDecodeError:
         raise ValueError(f"{option}: {path} is not a YAML text file (not UTF-8)") from None
+    except YAMLTooLarge as error:
+        raise ValueError(f"{option}: {path}: {error}") from None
+    except RecursionError:  # PyYAML composes nested values recursively
+        raise ValueError(f"{option}: {path}: YAML values nest more than {MAX_YAML_DEPTH} levels deep") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{option}: {path} is not valid YAML ({str(error).splitlines()[0]})") from None
     if raw is None:
@@ -238,7 +340,7 @@ def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
     if base is None:
         return raw
     if not isinstance(base, str):
-        raise ValueError(f"{path}: base: expected a config file name, got {base!r}")
+        raise ValueError(f"{path}: base: expected a config file name, got {short_repr(base)}")
     base_path = (path.parent / base).resolve()
     if base_path in chain or base_path == path.resolve():
         raise ValueError(f"{path}: base: {base} leads back to itself")

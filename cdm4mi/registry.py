@@ -16,6 +16,8 @@ from typing import Any
 
 import pydantic
 
+from cdm4mi.io.budget import short_repr
+
 
 class Registry:
     """Maps names to constructors for one config section (``section`` names it in errors)."""
@@ -64,7 +66,7 @@ def _check(adapter: pydantic.TypeAdapter, value: Any, config_key: str) -> Any:
     try:
         return adapter.validate_python(value)
     except pydantic.ValidationError as error:
-        raise ValueError(f"{config_key}: {error.errors()[0]['msg']} (got {value!r})") from None
+        raise ValueError(f"{config_key}: {error.errors()[0]['msg']} (got {short_repr(value)})") from None
 
 
 def check_annotated(function: Callable[..., Any], values: dict[str, Any], section: str) -> dict[str, Any]:

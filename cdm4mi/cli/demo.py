@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from pathlib import Path
 
-from cdm4mi.atomic import check_writable
+from cdm4mi.atomic import check_writable, record_written, refuse_foreign, remove_recorded
+from cdm4mi.cli.options import positive_int, whole_number
 from cdm4mi.cohort.discover import build_manifest, scan_folder
 from cdm4mi.cohort.manifest import load_manifest, save_manifest
 from cdm4mi.config import builtin_config, load_config
@@ -33,6 +33,7 @@ from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
 
 WINDOW = (-1000.0, 1000.0)
+DEMO_OUTPUTS = ("hospital", "manifest.json", "run", "evaluation", "denoised", "real_ct")  # what a demo writes
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -40,18 +41,20 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo output folder")
-    parser.add_argument("--patients", type=int, default=12, help="phantom patients (default 12)")
-    parser.add_argument("--max-steps", type=int, default=800, help="training steps (default 800)")
+    # at least 4 patients: train, val and test each need one
+    parser.add_argument("--patients", type=whole_number(4), default=12, help="phantom patients (default 12, at least 4)")
+    parser.add_argument("--max-steps", type=positive_int, default=800, help="training steps (default 800)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if args.patients < 4:
-        raise ValueError(f"--patients: need at least 4 (train, val and test patients), got {args.patients}")
     if out.exists() and any(out.iterdir()):
         check_writable(out, args.overwrite, option="--out")
-        shutil.rmtree(out)
+        refuse_foreign(out, DEMO_OUTPUTS, "--out")  # --overwrite deletes an earlier demo, never a user's files
+        remove_recorded(out, DEMO_OUTPUTS)
+    out.mkdir(parents=True, exist_ok=True)
+    record_written(out, DEMO_OUTPUTS)
     started = time.monotonic()
 
     def step(message: str) -> None:

@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
+from cdm4mi.cli.options import device, non_negative_float, non_negative_int, positive_int, timestep_or_auto
 from cdm4mi.data.metadata import FIELDS, parse_value
 from cdm4mi.evaluation.calibration import describe_calibration
-from cdm4mi.inference.checks import check_compatible, check_metadata
+from cdm4mi.inference.checks import check_compatible, check_metadata, check_sampling_options
 from cdm4mi.inference.denoise import (
     DenoiseResult,
     denoise_scan,
@@ -29,7 +30,7 @@ from cdm4mi.inference.denoise import (
 from cdm4mi.io.deidentify import Deidentifier
 from cdm4mi.io.pseudonyms import load_or_create_salt
 from cdm4mi.io.read import load_scan
-from cdm4mi.io.write import NIFTI_SUFFIXES, write_volume
+from cdm4mi.io.write import NIFTI_SUFFIXES, carried_header_problems, check_replaceable_series, write_volume
 from cdm4mi.training.checkpoint import load_module
 
 PRIVATE_FIELDS = ("age_years", "sex")  # used, but their values are never printed
@@ -42,17 +43,18 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="DICOM folder, DICOM file or NIfTI file")
     parser.add_argument("--output", required=True, help=".nii/.nii.gz file or a folder for a DICOM series")
     parser.add_argument("--series", help="SeriesInstanceUID, when the input folder holds several series")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's config)")
-    parser.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
-    parser.add_argument("--t-start", default="auto",
+    parser.add_argument("--steps", type=positive_int, help="sampling steps (default: the checkpoint's config)")
+    parser.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--t-start", type=timestep_or_auto, default=None, metavar="T|auto",
                         help="warm-start timestep, or 'auto' to match the input's estimated noise (default)")
-    parser.add_argument("--samples", type=int, default=1, help="draws to average; > 1 also writes <output>_std")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices (or 3D windows) per forward pass")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=positive_int, default=1,
+                        help="draws to average; > 1 also writes <output>_std")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="slices (or 3D windows) per forward pass")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                         help=f"a metadata value for models trained with data.metadata, repeatable; keys: "
                              f"{', '.join(FIELDS)} (default: the DICOM tags, the estimated noise level)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the input)")
     parser.add_argument("--deidentify", action="store_true",
                         help="DICOM output with the basic de-identification profile (PS3.15 Annex E): names and IDs "
@@ -62,27 +64,19 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-def output_paths(input_path: Path, output: Path, samples: int, overwrite: bool) -> tuple[Path, Path | None]:
-    """The denoised output and, for several samples, the std output; refuses to touch the input."""
-    refuse_input_overlap(input_path, output)
+def output_paths(inputs: list[Path], output: Path, samples: int, overwrite: bool) -> tuple[Path, Path | None]:
+    """The denoised output and, for several samples, the std output; refuses to touch the ``inputs`` (the
+    scan, the checkpoint)."""
     name = output.name
     std_name = next((name[: -len(s)] + "_std" + s for s in NIFTI_SUFFIXES[::-1] if name.endswith(s)), name + "_std")
     std_path = output.with_name(std_name) if samples > 1 else None
-    if std_path is not None:
-        refuse_input_overlap(input_path, std_path)
     for path in (output, std_path):
         if path is not None:
+            for input_path in inputs:
+                refuse_input_overlap(input_path, path)
             check_writable(path, overwrite, option="--output")
+            check_replaceable_series(path, "--output")  # now, not after the denoising
     return output, std_path
-
-
-def parse_t_start(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"--t-start: expected an integer timestep or 'auto', got {value!r}") from None
 
 
 def parse_metadata(items: list[str]) -> dict[str, float | str]:
@@ -101,6 +95,17 @@ def parse_metadata(items: list[str]) -> dict[str, float | str]:
     return values
 
 
+
+
+def warn_header_problems(command: str, input_path: Path, scan, deidentify: Deidentifier | None) -> None:
+    """One stderr line per source header element the DICOM output copies though its value is not valid DICOM,
+    naming the element, never its value (it may be a birth date or a name)."""
+    try:
+        problems = carried_header_problems(scan, deidentify)
+    except ValueError as error:
+        raise ValueError(f"--deidentify: {input_path}: {error}") from None
+    for problem in problems:
+        print(f"cdm4mi {command}: warning: input header element {problem}", file=sys.stderr)
 
 
 def describe_metadata(result: DenoiseResult) -> str:
@@ -142,17 +147,20 @@ def deidentifier(args: argparse.Namespace, input_path: Path, output: Path) -> De
 
 def run(args: argparse.Namespace) -> int:
     input_path, output = Path(args.input), Path(args.output)
-    output, std_path = output_paths(input_path, output, args.samples, args.overwrite)
+    output, std_path = output_paths([input_path, Path(args.checkpoint)], output, args.samples, args.overwrite)
     deidentify = deidentifier(args, input_path, output)
-    t_start = parse_t_start(args.t_start)
     metadata = parse_metadata(args.metadata)
     module = load_module(args.checkpoint, map_location=args.device)
     check_metadata(metadata, module, args.checkpoint)
+    check_sampling_options(module, args.checkpoint, {} if args.steps is None else {"steps": args.steps},
+                           t_start=args.t_start, warm_start=True)
     scan = load_scan(input_path, series_uid=args.series)
     check_compatible(scan, module, args.checkpoint)
     if scan.modality == "OT":  # NIfTI says nothing of modality: it is the model's (needed to write DICOM)
         scan = dataclasses.replace(scan, modality="CT" if model_normalization(module).name == "hu_window" else "MR")
-    result = denoise_scan(module, scan, steps=args.steps, eta=args.eta, t_start=t_start,
+    if not output.name.endswith(NIFTI_SUFFIXES):  # before the work: a date --deidentify cannot shift stops here
+        warn_header_problems("denoise", input_path, scan, deidentify)
+    result = denoise_scan(module, scan, steps=args.steps, eta=args.eta, t_start=args.t_start,
                           samples=args.samples, batch_size=args.batch_size, seed=args.seed, metadata=metadata)
     write_volume(result.mean, scan, output, "cdm4mi denoised", args.overwrite, deidentifier=deidentify)
     print(f"denoised {scan.array.shape[0]} slices of {scan.array.shape[1]}x{scan.array.shape[2]} "

@@ -22,14 +22,22 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from cdm4mi.atomic import check_writable, staged_folder
+from cdm4mi.atomic import check_writable, refuse_foreign, staged_folder
+from cdm4mi.cli.options import (
+    IncreasingPair,
+    device,
+    finite_float,
+    non_negative_int,
+    positive_int,
+    whole_number,
+)
 from cdm4mi.cohort.manifest import load_manifest
 from cdm4mi.cohort.splits import fold_manifests
 from cdm4mi.config import load_config
 from cdm4mi.evaluation.crossval import cross_validate, fold_overrides
 from cdm4mi.evaluation.generative import evaluate_generation
 from cdm4mi.evaluation.heldout import HeldOutResult, evaluate_heldout, write_heldout_report
-from cdm4mi.inference.checks import check_denoiser
+from cdm4mi.inference.checks import check_denoiser, check_sampling_options
 from cdm4mi.training.checkpoint import load_module
 
 
@@ -42,21 +50,22 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for metrics.csv, summary.json, figures")
     parser.add_argument("--checkpoint", help="trained model (not with --folds)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--window", type=float, nargs=2, default=[-1000.0, 1000.0], metavar=("LOW", "HIGH"),
+    parser.add_argument("--window", type=finite_float, nargs=2, action=IncreasingPair, default=[-1000.0, 1000.0],
+                        metavar=("LOW", "HIGH"),
                         help="HU window for all metrics (default -1000 1000, data_range 2000)")
     parser.add_argument("--body-mask", action="store_true", help="score only the body (largest region > -500 HU)")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")
-    parser.add_argument("--t-start", type=int, help="warm-start timestep (default: from the estimated noise)")
-    parser.add_argument("--samples", type=int, default=1, help="draws per scan; > 1 adds uncertainty maps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--folds", type=int, help="patient-level K-fold cross-validation (needs --config)")
+    parser.add_argument("--steps", type=positive_int, help="sampling steps (default: the checkpoint's)")
+    parser.add_argument("--t-start", type=non_negative_int, help="warm-start timestep (default: from the estimated noise)")
+    parser.add_argument("--samples", type=positive_int, default=1, help="draws per scan; > 1 adds uncertainty maps")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--folds", type=whole_number(2), help="patient-level K-fold cross-validation (needs --config)")
     parser.add_argument("--config", help="training config for --folds")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for --folds")
-    parser.add_argument("--num-samples", type=int, help="generative: held-out items to compare with (default: all)")
+    parser.add_argument("--num-samples", type=positive_int, help="generative: held-out items to compare with (default: all)")
     parser.add_argument("--inception-weights", help="generative images: the pytorch-fid Inception weights file "
                                                     "(pt_inception-2015-12-05-6726825d.pth) for FID/KID")
-    parser.add_argument("--batch-size", type=int, default=500, help="generative: samples per sampling batch")
-    parser.add_argument("--device", default="cpu", help="generative: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch-size", type=positive_int, default=500, help="generative: samples per sampling batch")
+    parser.add_argument("--device", type=device, default="cpu", help="generative: cpu, cuda, cuda:N, mps or auto")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder's results")
     parser.set_defaults(run=run)
 
@@ -73,17 +82,29 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--folds: needs --config, the training config to run for each fold")
     window = (float(args.window[0]), float(args.window[1]))
     manifest = load_manifest(args.manifest, root=args.root)
+    manifest.refuse_output_inside(out, "--out")
+    for name in ("summary.json", "figures"):  # what the report writes beside metrics.csv: refused now, not at the end
+        if (out / name).exists():
+            check_writable(out / name, args.overwrite, option="--out")
+    refuse_foreign(out, ["figures"], "--out")  # --overwrite replaces a figures/ folder only if cdm4mi wrote it
     options = {"steps": args.steps, "t_start": args.t_start, "samples": args.samples, "seed": args.seed}
     evaluate = dict(window=window, use_body_mask=args.body_mask, denoise_options=options)
     if args.folds is None:
         module = load_module(args.checkpoint)
         check_denoiser(module, args.checkpoint, manifest.modality, f"the manifest {manifest.path}")
-        with staged_folder(out, overwrite=True) as stage:  # metrics.csv was checked above; figures go with it
+        check_sampling_options(module, args.checkpoint, {} if args.steps is None else {"steps": args.steps},
+                               t_start=args.t_start, warm_start=True)
+        with staged_folder(out, overwrite=args.overwrite) as stage:
             result = evaluate_heldout(module, manifest, args.split, figures_dir=stage / "figures", **evaluate)
             return report(result, stage, out, window, args)
-    load_config(args.config, fold_overrides(args.overrides, out / "fold1"))  # a bad config fails before any fold is made
+    # a bad config, or a --t-start its schedule lacks, fails before any fold is made
+    diffusion = load_config(args.config, fold_overrides(args.overrides, out / "fold1")).diffusion
+    highest = min(diffusion.timesteps - 1, diffusion.max_train_timestep if diffusion.max_train_timestep is not None
+                  else diffusion.timesteps)
+    if args.t_start is not None and diffusion.sde is None and args.t_start > highest:
+        raise ValueError(f"--t-start: {args.t_start} lies beyond the timesteps {args.config} trains (0 to {highest})")
     folds = fold_manifests(manifest, args.folds, seed=args.seed)
-    with staged_folder(out, overwrite=True) as stage, removed_on_failure([out / f"fold{k + 1}" for k in range(len(folds))]):
+    with staged_folder(out, overwrite=args.overwrite) as stage, removed_on_failure([out / f"fold{k + 1}" for k in range(len(folds))]):
         result = cross_validate(args.config, args.overrides, folds, out, stage, evaluate, args.overwrite)
         return report(result, stage, out, window, args)
 
@@ -119,8 +140,6 @@ def report(result: HeldOutResult, stage: Path, out: Path, window: tuple[float, f
 def run_generative(args: argparse.Namespace, out: Path) -> int:
     if args.checkpoint is None or args.folds is not None:
         raise ValueError("without --manifest, give --checkpoint: a generative model evaluated on its own data set")
-    if (args.num_samples is not None and args.num_samples < 1) or args.batch_size < 1:
-        raise ValueError("--num-samples and --batch-size must be >= 1")
     if (out / "summary.json").exists():
         check_writable(out / "summary.json", args.overwrite, option="--out")
     module = load_module(args.checkpoint, map_location=args.device)

@@ -1,18 +1,39 @@
-"""``cdm4mi`` entry point: dispatches to sub-commands and turns user errors into one clear line."""
+"""``cdm4mi`` entry point: dispatches to sub-commands; however a run ends, it prints at most one line on stderr,
+``cdm4mi <command>: ...``, and exits with a status a script or a batch scheduler can act on:
+
+* 0: done;
+* 2: bad input (``ValueError``, ``OSError``, YAML errors, Lightning's ``MisconfigurationException``, input
+  nested too deeply to read, input too large for the memory): the line names the file or option;
+* 1: an internal error (any other exception): a bug to report, rerun with ``--debug`` for the traceback;
+* 130: Ctrl-C (SIGINT); 143: SIGTERM (``cdm4mi.termination``). Temporary outputs are removed either way.
+
+``--debug`` re-raises errors with their traceback (and prints the traceback of a signal before its line).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import sys
+import traceback
+
+import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cdm4mi import __version__
 from cdm4mi.cli import demo, denoise, evaluate, manifest, sample, simulate, train
+from cdm4mi.termination import SIGINT_EXIT_STATUS, SIGTERM_EXIT_STATUS, Terminated, sigterm_raises
 
 SUBCOMMANDS = (simulate, manifest, train, sample, denoise, evaluate, demo)
-# Errors caused by what the user asked for: reported in one line, exit status 2.
-USER_ERRORS = (ValueError, OSError)
+# Errors caused by what the user asked for: reported in one line, exit status 2. (pydantic's
+# ValidationError and json's JSONDecodeError are ValueErrors.)
+USER_ERRORS = (ValueError, OSError, yaml.YAMLError, MisconfigurationException)
+MESSAGE_LIMIT = 400  # characters: a message quoting a damaged value can be megabytes long
+INPUT_OPTIONS = ("config", "manifest", "input", "root", "checkpoint")
+OUTPUT_OPTIONS = ("output", "out")
 
 
 @functools.cache  # built once per process: main() may run many times in one (tests, notebooks)
@@ -37,16 +58,61 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("nibabel").setLevel(logging.CRITICAL)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
-    except USER_ERRORS as error:
+        with sigterm_raises():
+            return int(args.run(args) or 0)
+    except KeyboardInterrupt as stop:
+        return stopped(args, "interrupted (SIGINT)", stop, SIGINT_EXIT_STATUS)
+    except (Terminated, SIGTERMException) as stop:  # SIGTERMException: Lightning's, should one escape
+        return stopped(args, "terminated (SIGTERM)", stop, SIGTERM_EXIT_STATUS)
+    except Exception as error:
         if args.debug:
             raise
-        message = " ".join(str(error).split()) or type(error).__name__
+        status, message = describe(error, args)
         print(f"cdm4mi {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"cdm4mi {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return status
+
+
+def stopped(args: argparse.Namespace, how: str, stop: BaseException, status: int) -> int:
+    """One line for a run stopped by a signal; ``str(stop)`` says what was kept (training: its checkpoint)."""
+    if args.debug:
+        traceback.print_exc()
+    # not cut to MESSAGE_LIMIT: the text is cdm4mi's own, and may end with the command line that resumes the run
+    detail = " ".join(str(stop).split()) or "unfinished outputs were removed"
+    print(f"cdm4mi {args.command}: {how}; {detail}", file=sys.stderr)
+    return status
+
+
+def describe(error: Exception, args: argparse.Namespace) -> tuple[int, str]:
+    """The exit status and the one-line message for an error that ended a run."""
+    if isinstance(error, RecursionError):  # json and yaml parse nesting by recursion
+        return 2, (f"an input ({given(args, INPUT_OPTIONS)}) is nested too deeply to read (thousands of nested "
+                   "brackets or sections); check that it is the file you meant")
+    if isinstance(error, MemoryError):
+        return 2, (f"an input ({given(args, INPUT_OPTIONS)}) is too large for this machine's memory (or expands to "
+                   "that: YAML aliases of aliases); check it, or use a smaller one")
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 2, f"{one_line(error)}; free space there or write elsewhere ({given(args, OUTPUT_OPTIONS)})"
+    if isinstance(error, USER_ERRORS):
+        return 2, one_line(error)
+    return 1, f"internal error ({type(error).__name__}): {one_line(error)}; rerun with --debug and report it"
+
+
+def given(args: argparse.Namespace, options: tuple[str, ...]) -> str:
+    """The options of ``options`` the command line set, as ``--name value``."""
+    named = [f"--{name} {getattr(args, name)}" for name in options if getattr(args, name, None)]
+    return ", ".join(named) or "see the command line"
+
+
+def one_line(error: BaseException, limit: int = MESSAGE_LIMIT) -> str:
+    """``str(error)`` as one line of at most ``limit`` characters. A message that carries a traceback (pydicom
+    quotes one for some damaged elements) keeps the text before it, else the traceback's last line."""
+    text = str(error)
+    before, marker, after = text.partition("Traceback (most recent call last)")
+    if marker:
+        text = before if before.strip() else next(
+            (line for line in reversed(after.splitlines()) if line.strip()), "")
+    text = " ".join(text.split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 if __name__ == "__main__":

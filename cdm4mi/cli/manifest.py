@@ -15,7 +15,8 @@ import secrets
 import sys
 from pathlib import Path
 
-from cdm4mi.atomic import check_writable
+from cdm4mi.atomic import check_writable, refuse_output_inside
+from cdm4mi.cli.options import fraction, non_negative_int
 from cdm4mi.cohort.discover import DEFAULT_INPUT_KEYWORDS, DEFAULT_TARGET_KEYWORDS, LAYOUTS, build_manifest, scan_folder
 from cdm4mi.cohort.manifest import Manifest, load_manifest, save_manifest
 from cdm4mi.cohort.splits import DEFAULT_FRACTIONS, SPLITS, check_fractions
@@ -45,16 +46,16 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     action.add_argument("--check", metavar="MANIFEST", help="validate an existing manifest and print its counts")
     parser.add_argument("--root", help="data folder (required with --out; with --check it replaces the manifest's)")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="folder layout (default auto)")
-    parser.add_argument("--split", default=",".join(str(f) for f in DEFAULT_FRACTIONS),
+    parser.add_argument("--split", type=_fractions, default=DEFAULT_FRACTIONS,
                         help="train,val,test fractions of patients (default 0.7,0.15,0.15)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient split (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the patient split (default 0)")
     for split in ("test", "val", "train"):
         parser.add_argument(f"--{split}-patients", nargs="+", default=[], metavar="ID",
                             help=f"patients pinned to {split}: PatientID, NIfTI folder name or pseudonym")
     parser.add_argument("--salt-file", help="secret salt of the pseudonyms; created with 32 random bytes if missing. "
                         "Without it the pseudonyms are random for this run only")
     parser.add_argument("--id-map", help="also write a CSV real_id,pseudonym here (private: it re-identifies)")
-    parser.add_argument("--dose-fraction", type=float, help="record this dose fraction (0, 1] for every input")
+    parser.add_argument("--dose-fraction", type=fraction, help="record this dose fraction (0, 1] for every input")
     parser.add_argument("--modality", default="CT", help="modality of NIfTI data (default CT); DICOM says its own")
     parser.add_argument("--input-keywords", default=",".join(DEFAULT_INPUT_KEYWORDS),
                         help="words marking the low-dose DICOM series (default low,quarter,ld)")
@@ -76,10 +77,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.root:
         raise ValueError("--root: required with --out (the folder holding the scans)")
-    fractions = check_fractions(_numbers(args.split, "--split"), option="--split")
+    fractions = args.split
     outputs = [Path(p).resolve() for p in (args.out, args.id_map, args.salt_file) if p]
     if len(set(outputs)) != len(outputs):
         raise ValueError("--out, --id-map and --salt-file must be three different files")
+    for option, path in (("--out", args.out), ("--id-map", args.id_map)):
+        if path:  # a file written into the scanned tree would be met as data by the next scan
+            refuse_output_inside(path, [args.root], option, "the data root")
     out = check_writable(args.out, args.overwrite)  # fail before scanning a large tree
     if args.id_map:
         check_writable(args.id_map, args.overwrite, option="--id-map")
@@ -124,11 +128,16 @@ def _print_counts(manifest: Manifest) -> None:
     print(f"{'total':<7} {sum(counts.values()):>8}")
 
 
-def _numbers(text: str, option: str) -> list[float]:
+def _fractions(text: str) -> tuple[float, float, float]:
+    """--split: 'train,val,test' fractions, three numbers >= 0 summing to 1 (argparse names the option)."""
     try:
-        return [float(part) for part in text.split(",")]
+        numbers = [float(part) for part in text.split(",")]
     except ValueError:
-        raise ValueError(f"{option}: expected comma-separated numbers such as 0.7,0.15,0.15, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.7,0.15,0.15, got {text!r}") from None
+    try:
+        return check_fractions(numbers, option="fractions")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).partition(": ")[2]) from None
 
 
 def _words(text: str) -> list[str]:

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdm4mi.atomic import atomic_output, check_writable
+from cdm4mi.atomic import atomic_output, check_writable, refuse_input_overlap
+from cdm4mi.cli.options import device, non_negative_float, non_negative_int, positive_float, positive_int
 from cdm4mi.data.registry import build_dataset
 from cdm4mi.evaluation.image_figures import pick_frames, save_image_grid, save_process_strip
+from cdm4mi.inference.checks import check_sampling_options
 from cdm4mi.inference.generate import sample_batches
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.module import DiffusionModule
@@ -31,20 +33,20 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by cdm4mi train")
     parser.add_argument("--out", required=True, help="output file: .npy, .pt, or .h5ad (gene-expression models)")
-    parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--num-samples", type=positive_int, default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=1000)
     parser.add_argument("--classes", help="class-conditional models: 'all' or a comma list of class names or "
                                           "indices; samples are split evenly over them (one grid row each)")
-    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance weight (1 = none)")
+    parser.add_argument("--guidance-scale", type=non_negative_float, help="classifier-free guidance weight (1 = none)")
     parser.add_argument("--sampler", choices=["ddim", "ddpm", "pc", "ode"], help="default: the checkpoint's config")
-    parser.add_argument("--steps", type=int, help="number of sampling steps")
-    parser.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--steps", type=positive_int, help="number of sampling steps")
+    parser.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--spacing", choices=["leading", "trailing", "linspace"], help="timestep spacing")
-    parser.add_argument("--snr", type=float, help="predictor-corrector: Langevin corrector signal-to-noise ratio")
-    parser.add_argument("--n-corrector", type=int, help="predictor-corrector: corrector steps per step")
+    parser.add_argument("--snr", type=positive_float, help="predictor-corrector: Langevin corrector signal-to-noise ratio")
+    parser.add_argument("--n-corrector", type=non_negative_int, help="predictor-corrector: corrector steps per step")
     parser.add_argument("--ode-method", choices=["euler", "heun", "rk45"], help="probability-flow ODE solver")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     parser.add_argument("--png", help="sample figure (default: next to --out)")
     parser.add_argument("--strip", help="image models: denoising-process strip (default: <out>_process.png)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -52,13 +54,19 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for option, path in (("--out", args.out), ("--png", args.png), ("--strip", args.strip)):
+        if path:  # a checkpoint named model.pt is a valid --out
+            refuse_input_overlap(args.checkpoint, path, option)
     out = check_writable(args.out, args.overwrite)
     if out.suffix not in SUFFIXES:
         raise ValueError(f"--out: {out} must end in one of {', '.join(SUFFIXES)}")
     png = check_writable(args.png or out.with_suffix(".png"), args.overwrite, option="--png")
-    if args.num_samples < 1 or args.batch_size < 1:
-        raise ValueError("--num-samples and --batch-size must be >= 1")
+    overrides = {key: value for key, value in {
+        "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "timestep_spacing": args.spacing,
+        "snr": args.snr, "n_corrector": args.n_corrector, "ode_method": args.ode_method,
+        "guidance_scale": args.guidance_scale}.items() if value is not None}
     module = load_module(args.checkpoint, map_location=args.device)
+    check_sampling_options(module, args.checkpoint, overrides)
     if out.suffix == ".h5ad" and not (module.data_state or {}).get("genes"):
         raise ValueError(f"--out: {out.name}: .h5ad needs a model of gene expression; {args.checkpoint} is not one")
     data = dict(module.config.data)
@@ -69,10 +77,6 @@ def run(args: argparse.Namespace) -> int:
     strip = None
     if reference.ndim >= 4:
         strip = check_writable(args.strip or out.with_name(f"{out.stem}_process.png"), args.overwrite, option="--strip")
-    overrides = {key: value for key, value in {
-        "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "timestep_spacing": args.spacing,
-        "snr": args.snr, "n_corrector": args.n_corrector, "ode_method": args.ode_method,
-        "guidance_scale": args.guidance_scale}.items() if value is not None}
     samples, frames = draw(module, reference.shape[1:], labels, args, overrides)
     write_samples(samples, labels, class_names, module, out, args.overwrite)
     title = f"{len(samples)} samples, {Path(args.checkpoint).name}"

@@ -24,9 +24,11 @@ import math
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
+from cdm4mi.cli.denoise import warn_header_problems
+from cdm4mi.cli.options import fraction, non_negative_float, non_negative_int, positive_float
 from cdm4mi.data.metadata import dicom_metadata
 from cdm4mi.io.read import load_scan
-from cdm4mi.io.write import write_volume
+from cdm4mi.io.write import NIFTI_SUFFIXES, check_replaceable_series, write_volume
 from cdm4mi.simulate.ct_dose import MIN_OWN_NOISE_HU, simulate_low_dose_ct, simulate_relative_dose
 from cdm4mi.simulate.mri_noise import add_rician_noise
 
@@ -38,16 +40,16 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help=".nii/.nii.gz file or a folder for a DICOM series")
     parser.add_argument("--modality", choices=["ct", "mri"], required=True)
     parser.add_argument("--series", help="SeriesInstanceUID, when the input folder holds several series")
-    parser.add_argument("--dose", type=float, default=0.25, help="CT dose fraction in (0, 1] (default 0.25)")
-    parser.add_argument("--flux", type=float, help="CT full-dose incident flux I0 (photons per detector bin per "
+    parser.add_argument("--dose", type=fraction, default=0.25, help="CT dose fraction in (0, 1] (default 0.25)")
+    parser.add_argument("--flux", type=positive_float, help="CT full-dose incident flux I0 (photons per detector bin per "
                         "view); default: calibrated to the scan's own noise (nominal 1.5e5 for a smoothed scan)")
-    parser.add_argument("--own-noise", type=float, metavar="HU",
+    parser.add_argument("--own-noise", type=non_negative_float, metavar="HU",
                         help="CT full-dose noise std in soft tissue (HU) to calibrate to, instead of estimating it")
-    parser.add_argument("--electronic-noise", type=float, default=10.0,
+    parser.add_argument("--electronic-noise", type=non_negative_float, default=10.0,
                         help="CT electronic noise variance, counts^2 (default 10; scaled by I0 / 1.5e5 when I0 is "
                         "calibrated)")
-    parser.add_argument("--sigma-percent", type=float, default=5.0, help="MRI noise sigma in %% of the reference")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sigma-percent", type=non_negative_float, default=5.0, help="MRI noise sigma in %% of the reference")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
     parser.set_defaults(run=run)
 
@@ -56,13 +58,14 @@ def run(args: argparse.Namespace) -> int:
     input_path, output = Path(args.input), Path(args.output)
     refuse_input_overlap(input_path, output)
     check_writable(output, args.overwrite, option="--output")
+    check_replaceable_series(output, "--output")  # now, not after the simulation
+    if args.modality == "ct" and args.flux is not None and args.own_noise is not None:
+        raise ValueError("--flux, --own-noise: give at most one (--own-noise calibrates the flux)")
     scan = load_scan(input_path, series_uid=args.series, modality="CT" if args.modality == "ct" else "MR")
+    if not output.name.endswith(NIFTI_SUFFIXES):
+        warn_header_problems("simulate", input_path, scan, None)
     tags = {}
     if args.modality == "ct":
-        if args.flux is not None and args.own_noise is not None:
-            raise ValueError("--flux, --own-noise: give at most one (--own-noise calibrates the flux)")
-        if args.own_noise is not None and not (math.isfinite(args.own_noise) and args.own_noise >= 0):
-            raise ValueError(f"--own-noise: the scan's noise std in HU, >= 0, got {args.own_noise:g}")
         if args.flux is not None:
             noisy = simulate_low_dose_ct(scan.array, scan.spacing_mm[1:], dose_fraction=args.dose,
                                          incident_flux=args.flux, electronic_noise_var=args.electronic_noise,

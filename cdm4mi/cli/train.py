@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from cdm4mi.config import load_config
 from cdm4mi.evaluation.calibration import calibrate_checkpoint, describe_calibration
+from cdm4mi.termination import Terminated
 from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
 
 
@@ -26,9 +28,19 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run from its ``last.ckpt``."""
+    return shlex.join(["cdm4mi", "train", "--config", args.config, "--resume", *args.overrides])
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    _, trainer = fit(config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        _, trainer = fit(config, resume=args.resume, overwrite=args.overwrite)
+    except (Terminated, KeyboardInterrupt) as stop:  # a signal: say how to go on (the CLI prints one line)
+        last = Path(config.output_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+        hint = f"; resume with: {resume_command(args)}" if last.is_file() else ""
+        raise type(stop)(f"{str(stop) or 'stopped before training began'}{hint}") from None
     if trainer.is_global_zero:
         output_dir = Path(config.output_dir)
         print(f"trained {trainer.global_step} steps")

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from cdm4mi.cohort.manifest import Manifest, PatientEntry, parse_dose_fraction, parse_modality
 from cdm4mi.cohort.splits import DEFAULT_FRACTIONS, SPLITS, split_patients
+from cdm4mi.io.budget import check_deflated_dicom
+from cdm4mi.io.header_values import unvalidated
 from cdm4mi.io.pseudonyms import pseudonymize
 from cdm4mi.io.read import Scan, is_dicom_file, load_scan
 
@@ -260,6 +262,7 @@ def _scan_dicom(root: Path, input_words: list[tuple[str, ...]], target_words: li
     return pairs, problems
 
 
+@unvalidated()  # pydicom's validation warnings would quote PatientID and PatientName
 def _dicom_series(root: Path) -> dict[str, _Series]:
     """SeriesInstanceUID -> its folder and tags, from the headers of every DICOM image file under ``root``."""
     series: dict[str, _Series] = {}
@@ -267,6 +270,7 @@ def _dicom_series(root: Path) -> dict[str, _Series]:
     for path in _files_under(root):
         if not is_dicom_file(path):
             continue
+        check_deflated_dicom(path)  # pydicom inflates a deflated data set whole, even for a few tags
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_DICOM_TAGS)
         except Exception as err:  # truncated or corrupt files raise many types

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cdm4mi.atomic import atomic_output, check_writable
+from cdm4mi.atomic import atomic_output, check_writable, refuse_output_inside
 from cdm4mi.cohort.splits import SPLITS
 
 FORMAT = "cdm4mi-manifest/1"
@@ -91,6 +91,17 @@ class Manifest:
 
     def target_path(self, entry: PatientEntry) -> Path:
         return (self.root or Path()) / entry.target
+
+    def refuse_output_inside(self, output: str | Path, option: str) -> None:
+        """Refuse an ``output`` inside the data root or a scan's folder (a DICOM series folder, the folder of a
+        NIfTI file; a link may lead out of the root): results among a patient's scans would be read as data,
+        and ``--overwrite`` could delete them."""
+        if self.root is not None:
+            refuse_output_inside(output, [self.root], option, "the data root")
+        scans = [Path(os.path.realpath((self.root or Path()) / relative)) for entry in self.patients
+                 for relative in (entry.input, entry.target) if relative is not None]
+        refuse_output_inside(output, [scan if scan.is_dir() else scan.parent for scan in scans], option,
+                             "the scan folder")
 
 
 # ---------------------------------------------------------------------------------------------- reading

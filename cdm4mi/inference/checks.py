@@ -39,3 +39,41 @@ def check_denoiser(module, checkpoint: str, modality: str, what: str) -> None:
     if modality not in (trained_on, "OT"):
         raise ValueError(f"--checkpoint: {checkpoint} was trained on {trained_on} "
                          f"({model_normalization(module).name} normalization) but {what} is {modality}")
+
+
+# The command-line option that sets each sampling option (cdm4mi sample, denoise, evaluate).
+SAMPLING_OPTIONS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "timestep_spacing": "--spacing",
+                    "snr": "--snr", "n_corrector": "--n-corrector", "ode_method": "--ode-method",
+                    "guidance_scale": "--guidance-scale"}
+
+
+def check_sampling_options(module, checkpoint: str, overrides: dict, t_start: int | None = None,
+                           warm_start: bool = False) -> None:
+    """What a command asks of the sampler (``overrides`` of ``sampling``; ``t_start``; ``warm_start`` for
+    denoising, which starts from the input) against what the checkpoint can do, right after it is loaded and
+    before any work. Errors name the option given, or the checkpoint when its own config is the obstacle."""
+    options = {**module.config.sampling.model_dump(), **overrides}
+
+    def name(key: str) -> str:
+        return SAMPLING_OPTIONS[key] if key in overrides else f"--checkpoint: {checkpoint}'s sampling.{key}"
+
+    sampler = options["sampler"]
+    if module.sde is not None and (sampler in ("ddim", "ddpm") or warm_start):
+        what = "warm-start denoising" if warm_start else sampler
+        raise ValueError(f"{name('sampler')}: {what} needs a discrete-time model, but {checkpoint} was trained on "
+                         f"the {module.sde.name} SDE (diffusion.sde)")
+    if warm_start and sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"{name('sampler')}: is {sampler}; warm-start denoising needs ddim or ddpm")
+    if options["guidance_scale"] != 1.0 and not module.backbone.cond_drop_prob:
+        raise ValueError(f"{name('guidance_scale')}: {checkpoint} was trained without condition dropout "
+                         "(network.cond_drop_prob 0), so it has no unconditional branch to guide with")
+    if module.sde is not None:
+        return
+    timesteps = module.schedule.timesteps
+    limit = module.objective.max_train_timestep
+    highest = timesteps - 1 if limit is None else min(limit, timesteps - 1)
+    if t_start is not None and t_start > highest:
+        raise ValueError(f"--t-start: {t_start} lies beyond the timesteps {checkpoint} was trained on (0 to {highest})")
+    steps = overrides.get("steps")
+    if steps is not None and not warm_start and sampler in ("ddim", "ddpm") and steps > timesteps:
+        raise ValueError(f"--steps: {steps} is more than the {timesteps} timesteps of {checkpoint}'s schedule")

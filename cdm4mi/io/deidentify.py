@@ -32,6 +32,7 @@ from pydicom.datadict import keyword_dict
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from cdm4mi.io.header_values import describe, unvalidated
 from cdm4mi.io.pseudonyms import MIN_SALT_BYTES, pseudonymize
 
 BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
@@ -108,8 +109,10 @@ class Deidentifier:
         days = low + int(_keyed(salt, b"date shift"), 16) % (high - low + 1)
         # Whole days keep every interval exact, also between a date with a time and one without; dicognito's
         # own shift is in hours, which moves a date without a time by a day less than one with a late time.
-        self._anonymizer.add_element_handler(DateTimeAnonymizer(-24 * days))
+        self._dates = DateTimeAnonymizer(-24 * days)
+        self._anonymizer.add_element_handler(self._dates)
 
+    @unvalidated()  # pydicom's validation warnings would quote the values being removed
     def deidentify(self, dataset: Dataset, keep: Collection[str] = ()) -> None:
         """De-identify ``dataset``, its sequences and its file meta (created empty if missing) in place.
 
@@ -117,32 +120,65 @@ class Deidentifier:
         (a writer's own SeriesDescription, which the profile would remove).
 
         Raises:
-            ValueError: BurnedInAnnotation is YES (``dataset`` untouched), or a date or time is not valid
-                DICOM (``dataset`` left partly changed; the message shows no value).
+            ValueError: BurnedInAnnotation is YES, or a date or time that is kept (shifted) is not one dicognito
+                can read; the message names the element, never its value, and ``dataset`` is untouched.
         """
         if dataset.get("BurnedInAnnotation") == "YES":
             raise ValueError("the image is marked BurnedInAnnotation YES: text in its pixels cannot be de-identified")
+        self._check_dates(dataset)
         kept = [copy.deepcopy(dataset[keyword]) for keyword in keep if keyword in dataset]
         patient_id = str(dataset.get("PatientID") or "").strip()  # stripped, as pairing.scan_folder keys patients
         methods = dataset.get("DeidentificationMethod") or []
         earlier_methods = [methods] if isinstance(methods, str) else [str(method) for method in methods]
         dataset.ensure_file_meta()
         dataset.remove_private_tags()
-        try:
-            self._anonymizer.anonymize(dataset)
-        except ValueError:
-            raise ValueError("a date, time or date-time in the DICOM header is not valid DICOM, so it cannot "
-                             "be shifted") from None  # dicognito's message would show the value
-        dataset.walk(_remove_identifying)
-        dataset.file_meta.walk(_remove_identifying)
-        for keyword in _EMPTIED:
-            if keyword in dataset:
-                setattr(dataset, keyword, None)
+        # What goes anyway goes first: a birth date written 1980-02-14 is emptied, not refused by dicognito.
+        _remove_and_empty(dataset)
+        self._anonymizer.anonymize(dataset)
+        _remove_and_empty(dataset)  # anything dicognito filled in
         for element in kept:
             dataset[element.tag] = element
         pseudonym = pseudonymize(patient_id, self._salt) if patient_id else None
         dataset.PatientID = dataset.PatientName = pseudonym
         _record(dataset, earlier_methods)
+
+
+    def _check_dates(self, dataset: Dataset) -> None:
+        """Shift each kept date and date-time (with a date's time) of ``dataset`` on a copy first, so that one
+        dicognito cannot read is refused by name before anything changes."""
+        unreadable: list[DataElement] = []
+
+        def trial(parent: Dataset, element: DataElement) -> None:
+            if element.VR not in ("DA", "DT") or not element.value or _goes(element):
+                return
+            single = Dataset()
+            single[element.tag] = copy.deepcopy(element)
+            time_keyword = element.keyword.replace("Date", "Time")
+            if element.VR == "DA" and time_keyword in parent:
+                single[time_keyword] = copy.deepcopy(parent[time_keyword])
+            try:
+                self._dates(single, single[element.tag])
+            except (ValueError, TypeError):  # dicognito's messages quote the value; walk() would add a traceback
+                unreadable.append(element)
+
+        dataset.walk(trial)
+        if unreadable:
+            raise ValueError(f"header element {describe(unreadable[0])} (nor an ACR-NEMA date), so it cannot be "
+                             "shifted")
+
+
+def _goes(element: DataElement) -> bool:
+    """Whether de-identification removes or empties ``element`` whatever its value."""
+    return (element.tag in _REMOVED or element.VR in _REMOVED_VRS or element.tag.group & 0xFF00 in _REMOVED_GROUPS
+            or element.keyword in _EMPTIED)
+
+
+def _remove_and_empty(dataset: Dataset) -> None:
+    dataset.walk(_remove_identifying)
+    dataset.file_meta.walk(_remove_identifying)
+    for keyword in _EMPTIED:
+        if keyword in dataset:
+            setattr(dataset, keyword, None)
 
 
 def _keyed(salt: bytes, purpose: bytes) -> str:
@@ -152,7 +188,7 @@ def _keyed(salt: bytes, purpose: bytes) -> str:
 
 
 def _remove_identifying(dataset: Dataset, element: DataElement) -> None:
-    if element.tag in _REMOVED or element.VR in _REMOVED_VRS or element.tag.group & 0xFF00 in _REMOVED_GROUPS:
+    if _goes(element) and element.keyword not in _EMPTIED:
         del dataset[element.tag]
 
 

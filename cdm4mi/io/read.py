@@ -44,7 +44,10 @@ from monai.data.utils import affine_to_spacing, orientation_ras_lps
 from monai.transforms import LoadImage, Orientation, ResampleToMatch, Spacing
 from pydicom.dataset import Dataset
 
-from cdm4mi.io.pixel_checks import PIXEL_KEYWORDS, check_pixel_data, frame_count
+from cdm4mi.io.budget import check_deflated_dicom, check_nifti, check_voxels
+from cdm4mi.io.geometry_tags import orientation_cosines, positive_mm, tag_number, tag_numbers
+from cdm4mi.io.header_values import unvalidated
+from cdm4mi.io.pixel_checks import PIXEL_KEYWORDS, check_image_attributes, check_pixel_data, frame_count
 
 CANONICAL_AXCODES = "SPL"
 SOURCES = ("dicom-series", "dicom-file", "nifti")
@@ -121,13 +124,14 @@ def load_scan(path: str | Path, series_uid: str | None = None, modality: str | N
     _refuse_broken_link(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.is_dir():
-        return _load_dicom(path, _choose_series(path, _dicom_images(path), series_uid), "dicom-series", modality)
-    if series_uid is not None:
+    if series_uid is not None and not path.is_dir():
         raise ValueError(f"{path}: series_uid selects a series inside a folder; pass the folder instead of a file")
-    if path.name.lower().endswith(_NIFTI_SUFFIXES):
+    if path.name.lower().endswith(_NIFTI_SUFFIXES) and not path.is_dir():
         return _load_nifti(path, modality)
-    return _load_dicom(path, [(path, _read_header(path))], "dicom-file", modality)
+    with unvalidated():  # pydicom's own validation warnings would quote header values: names, dates, UIDs
+        if path.is_dir():
+            return _load_dicom(path, _choose_series(path, _dicom_images(path), series_uid), "dicom-series", modality)
+        return _load_dicom(path, [(path, _read_header(path))], "dicom-file", modality)
 
 
 def resample_to(scan: Scan, spacing_mm: Sequence[float], mode: str = "bilinear") -> Scan:
@@ -141,6 +145,10 @@ def resample_to(scan: Scan, spacing_mm: Sequence[float], mode: str = "bilinear")
     spacing = tuple(float(s) for s in spacing_mm)
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing_mm must be 3 positive numbers (d, h, w) in mm, got {spacing_mm!r}")
+    # Spacing keeps the extent: (n - 1) old steps become at most ceil((n - 1) old / new) new ones
+    resampled = np.prod(np.ceil((np.array(scan.array.shape) - 1) * np.array(scan.spacing_mm) / np.array(spacing)) + 1)
+    check_voxels(f"spacing_mm {list(spacing)}", int(resampled),
+                 f"the {'x'.join(map(str, scan.array.shape))} scan resampled to this voxel size")
     spacing_transform = Spacing(pixdim=spacing, mode=mode, padding_mode="border", dtype=torch.float32)
     image = spacing_transform(_image(scan.array, scan.affine))
     affine = image.affine.numpy().astype(np.float64)
@@ -189,6 +197,7 @@ def _dicom_loader() -> LoadImage:
 def _load_nifti(path: Path, modality: str | None) -> Scan:
     # MONAI's NibabelReader called directly: LoadImage would hide nibabel's error behind "no suitable reader".
     reader = NibabelReader()
+    check_nifti(path)
     try:
         array, meta = reader.get_data(reader.read(str(path)))
     except Exception as err:  # nibabel raises many types for corrupt or foreign files
@@ -210,6 +219,7 @@ def _load_nifti(path: Path, modality: str | None) -> Scan:
 
 def _read_header(path: Path) -> Dataset:
     """All tags of a DICOM Part-10 file; large values (pixel data) stay on disk."""
+    check_deflated_dicom(path)  # pydicom inflates a deflated data set whole
     try:
         return pydicom.dcmread(path, defer_size="64 KB")
     except pydicom.errors.InvalidDicomError:
@@ -276,10 +286,17 @@ def _load_dicom(where: Path, files: list[tuple[Path, Dataset]], source: str, mod
     tagged = str(first.get("Modality", "") or "") or None
     if modality and tagged and modality != tagged:
         raise ValueError(f"{where}: the files say Modality {tagged} but modality={modality!r} was given")
+    for path, ds in files:  # before anything reads them: a damaged attribute is named, not a decoder's error
+        check_image_attributes(path, ds)
+    slice_count = sum(frame_count(ds) for _, ds in files)  # checked before the slices' geometry is listed
+    check_voxels(where, sum(int(ds.Rows) * int(ds.Columns) * frame_count(ds) for _, ds in files),
+                 f"the image its headers declare ({slice_count:,} slice{'s' * (slice_count != 1)} of "
+                 f"{first.Rows}x{first.Columns} pixels)")
     if len(files) == 1:
+        frames = range(frame_count(first)) if _is_multiframe(first) else [None]
+        slices = [_slice(first_path if frame is None else f"{first_path} (frame {frame + 1})", first, frame)
+                  for frame in frames]
         pixels = _decode(first_path, first)
-        frames = range(len(pixels)) if _is_multiframe(first) else [None]
-        slices = [_slice(first, frame) for frame in frames]
     else:
         for path, ds in files:
             if _is_multiframe(ds):
@@ -287,7 +304,7 @@ def _load_dicom(where: Path, files: list[tuple[Path, Dataset]], source: str, mod
             if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
                 raise ValueError(f"{path}: {ds.Rows}x{ds.Columns} pixels, other slices of the series have "
                                  f"{first.Rows}x{first.Columns}")
-        slices = [_slice(ds, None) for _, ds in files]
+        slices = [_slice(path, ds, None) for path, ds in files]
     order, native_affine, thickness = _stack_geometry(where, slices)
     if len(files) == 1:
         pixels = pixels[order]
@@ -296,7 +313,9 @@ def _load_dicom(where: Path, files: list[tuple[Path, Dataset]], source: str, mod
     _check_grid(where, pixels, native_affine)
     array, affine = reorient(pixels, native_affine, CANONICAL_AXCODES)
     _check_finite(where, array)
-    header = Dataset({tag: element for tag, element in first.items() if tag not in _PIXEL_TAGS})
+    # Each value converted now, unvalidated: a later reader of the header (metadata, writers) sees no raw element
+    # whose conversion would validate it and quote it in a warning.
+    header = Dataset({tag: first[tag] for tag in first.keys() if tag not in _PIXEL_TAGS})
     reference = DicomReference(header, native_affine, thickness, tuple(slices[i].source for i in order))
     return Scan(array, affine, _spacing(affine), modality or tagged or "OT", source, reference)
 
@@ -318,11 +337,11 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
         warnings.warn(f"{path}: {warning.message}", warning.category, stacklevel=2)
     pixels = pixels.reshape(frame_count(ds), int(ds.Rows), int(ds.Columns))
     if _is_multiframe(ds):
-        pixels = _apply_frame_rescale(pixels, ds)
+        pixels = _apply_frame_rescale(path, pixels, ds)
     return pixels.astype(np.float32, copy=False)
 
 
-def _apply_frame_rescale(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+def _apply_frame_rescale(path: Path, pixels: np.ndarray, ds: Dataset) -> np.ndarray:
     """Rescale each frame with the RescaleSlope/Intercept of its PixelValueTransformationSequence.
 
     Enhanced CT/MR keep the rescale only in the functional groups; MONAI's PydicomReader (like pydicom's
@@ -335,7 +354,10 @@ def _apply_frame_rescale(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
     for frame in range(len(out)):
         item = _functional_group(ds, frame, "PixelValueTransformationSequence")
         if item is not None:
-            out[frame] = out[frame] * float(item.get("RescaleSlope", 1.0)) + float(item.get("RescaleIntercept", 0.0))
+            where = f"{path} (frame {frame + 1})"
+            slope = tag_number(where, item, "RescaleSlope")
+            intercept = tag_number(where, item, "RescaleIntercept")
+            out[frame] = out[frame] * (1.0 if slope is None else slope) + (intercept or 0.0)
     return out
 
 
@@ -352,8 +374,9 @@ def _functional_group(ds: Dataset, frame: int, keyword: str) -> Dataset | None:
     return None
 
 
-def _slice(ds: Dataset, frame: int | None) -> _Slice:
-    """Geometry of a classic file (``frame`` None) or of one frame of a multi-frame file."""
+def _slice(where: Path | str, ds: Dataset, frame: int | None) -> _Slice:
+    """Geometry of a classic file (``frame`` None) or of one frame of a multi-frame file; ``where`` names it in
+    errors."""
     if frame is None:
         position_item = orientation_item = measures = ds
     else:
@@ -361,11 +384,11 @@ def _slice(ds: Dataset, frame: int | None) -> _Slice:
         orientation_item = _functional_group(ds, frame, "PlaneOrientationSequence") or ds
         measures = _functional_group(ds, frame, "PixelMeasuresSequence") or ds
     return _Slice(
-        position=_floats(position_item, "ImagePositionPatient", 3),
-        orientation=_floats(orientation_item, "ImageOrientationPatient", 6),
-        pixel_spacing=_floats(measures, "PixelSpacing", 2),
-        thickness_mm=_positive(measures, "SliceThickness"),
-        spacing_between_mm=_positive(measures, "SpacingBetweenSlices"),
+        position=tag_numbers(where, position_item, "ImagePositionPatient", 3),
+        orientation=orientation_cosines(where, orientation_item),
+        pixel_spacing=tag_numbers(where, measures, "PixelSpacing", 2, positive=True),
+        thickness_mm=positive_mm(where, measures, "SliceThickness"),
+        spacing_between_mm=positive_mm(where, measures, "SpacingBetweenSlices"),
         source=(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
                 None if frame is None else frame + 1),
     )
@@ -444,19 +467,6 @@ def _check_finite(where: Path, array: np.ndarray) -> None:
 
 def _is_multiframe(ds: Dataset) -> bool:
     return frame_count(ds) > 1 or "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
-
-
-def _floats(item: Dataset | None, keyword: str, size: int) -> np.ndarray | None:
-    value = item.get(keyword) if item is not None else None
-    if value is None or value == "":
-        return None
-    values = np.asarray([float(v) for v in (value if isinstance(value, Sequence) else [value])])
-    return values if values.size == size and np.isfinite(values).all() else None
-
-
-def _positive(item: Dataset, keyword: str) -> float | None:
-    value = item.get(keyword)
-    return float(value) if value not in (None, "") and float(value) > 0 else None
 
 
 def _one_line(err: Exception, limit: int = 300) -> str:

@@ -26,6 +26,7 @@ from pydicom.valuerep import format_number_as_ds
 import cdm4mi
 from cdm4mi.atomic import atomic_output, check_writable
 from cdm4mi.io.deidentify import Deidentifier
+from cdm4mi.io.header_values import describe, invalid_elements, unvalidated
 from cdm4mi.io.read import Scan, reorient
 
 SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
@@ -87,6 +88,7 @@ def write_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str 
     return path
 
 
+@unvalidated()  # pydicom's validation warnings would quote copied header values (cdm4mi.io.header_values)
 def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out_dir: str | Path,
                        series_description: str = DEFAULT_SERIES_DESCRIPTION, overwrite: bool = False,
                        tags: Mapping[str, Any] | None = None, deidentifier: Deidentifier | None = None) -> Path:
@@ -111,6 +113,9 @@ def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out
     written; only the series' own SeriesDescription and DerivationDescription stay as given. With one salt,
     the outputs of one source study share its remapped StudyInstanceUID and FrameOfReferenceUID, and the
     SourceImageSequence names the source images by their remapped UIDs.
+
+    Copied values that are not valid DICOM are written unchanged and silently; ``carried_header_problems`` says
+    which (without their values).
 
     Returns ``out_dir``.
 
@@ -138,12 +143,41 @@ def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out
         setattr(series, keyword, value)
     if _holds_source_series(out_dir, reference):
         raise ValueError(f"{out_dir}: holds the source series itself; write the derived series to another folder")
+    check_replaceable_series(out_dir, "out_dir")
     with atomic_output(out_dir, overwrite, directory=True) as partial:
         for index, dataset in enumerate(_instances(series, stored, native_affine, reference)):
             if deidentifier is not None:
                 deidentifier.deidentify(dataset, keep=_OWN_TEXT)
             dataset.save_as(partial / f"{index + 1:05d}.dcm", enforce_file_format=True)
     return out_dir
+
+
+@unvalidated()
+def carried_header_problems(reference: Scan, deidentifier: Deidentifier | None = None) -> list[str]:
+    """What becomes of the source header elements a derived series copies though their values are not valid DICOM
+    (a birth date written 1980-02-14, a PatientSex 'female'): one phrase each, never showing the value. Without
+    ``deidentifier`` they are copied unchanged: the series files next to its source, which holds the same values.
+    With it, most are emptied, removed or replaced anyway. Call it before the work: it raises what de-identifying
+    the series would raise.
+
+    Raises:
+        ValueError: de-identification would refuse the header (a kept date it cannot shift), naming the element.
+    """
+    if reference.dicom_reference is None or reference.modality not in SOP_CLASSES:
+        return []
+    source = reference.dicom_reference.header
+    invalid = invalid_elements(source, _COPIED_TAGS)
+    if deidentifier is None:
+        return [f"{describe(element)}; copied unchanged" for element in invalid]
+    trial = _series_dataset(reference, DEFAULT_SERIES_DESCRIPTION, 1.0, 0.0, reference.array.shape[1:])
+    deidentifier.deidentify(trial, keep=_OWN_TEXT)
+    fates = []
+    for element in invalid:
+        after = trial.get(element.tag)
+        fate = ("removed" if after is None else "emptied" if after.value in (None, "") else
+                "copied unchanged" if after.value == element.value else "replaced")
+        fates.append(f"{describe(element)}; {fate}{' by de-identification' * (fate != 'copied unchanged')}")
+    return fates
 
 
 def _native_stack(volume: np.ndarray, reference: Scan) -> tuple[np.ndarray, np.ndarray]:
@@ -271,6 +305,34 @@ def _holds_source_series(folder: Path, reference: Scan) -> bool:
         return False
     files = (p for p in folder.iterdir() if p.is_file() and pydicom.misc.is_dicom(p))
     return any(pydicom.dcmread(p, specific_tags=["SeriesInstanceUID"]).get("SeriesInstanceUID") == uid for p in files)
+
+
+def check_replaceable_series(folder: str | Path, option: str) -> None:
+    """Refuse an existing ``folder`` holding anything but DICOM files cdm4mi wrote (its SoftwareVersions):
+    replacing a series folder (``overwrite``) must never delete a user's files."""
+    foreign = _foreign_files(Path(folder))
+    if foreign:
+        raise ValueError(f"{option}: {folder} holds files cdm4mi did not write ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); --overwrite replaces only a series cdm4mi "
+                         f"wrote: remove them yourself or choose another {option}")
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """The entries of ``folder`` (if it is one) that are not DICOM files written by cdm4mi."""
+    if not folder.is_dir():
+        return []
+    foreign = []
+    for path in sorted(folder.iterdir()):
+        ours = path.is_file() and not path.is_symlink() and pydicom.misc.is_dicom(path)
+        if ours:
+            try:
+                software = pydicom.dcmread(path, specific_tags=["SoftwareVersions"]).get("SoftwareVersions", "")
+            except Exception:  # a damaged file of any kind is not one cdm4mi wrote whole
+                software = ""
+            ours = str(software).startswith("cdm4mi ")
+        if not ours:
+            foreign.append(path.name + "/" * path.is_dir())
+    return foreign
 
 
 def _ds(values: np.ndarray | list[float]) -> list[str]:

@@ -12,6 +12,7 @@ import torch
 
 import cdm4mi
 from cdm4mi.atomic import atomic_output
+from cdm4mi.io.budget import short_repr
 from cdm4mi.training.module import DiffusionModule
 from cdm4mi.training.safety import load_error
 
@@ -41,7 +42,9 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
         raise ValueError(f"--checkpoint: {path} has NaN or Inf weights ({len(broken)} tensors, e.g. {broken[0]}): "
                          "its training diverged; use an earlier checkpoint")
     card = checkpoint.get("cdm4mi") if isinstance(checkpoint.get("cdm4mi"), dict) else {}
-    written_by = f"written by cdm4mi {card.get('version', 'before 0.1')}, this is {cdm4mi.__version__}"
+    version = card.get("version", "before 0.1")  # cut: a damaged card may hold anything
+    version = version[:40] if isinstance(version, str) else short_repr(version, 40)
+    written_by = f"written by cdm4mi {version}, this is {cdm4mi.__version__}"
     try:
         module = DiffusionModule(config, hyper_parameters.get("data_state"))
         module.load_state_dict(checkpoint["state_dict"])

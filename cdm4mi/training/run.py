@@ -3,7 +3,7 @@ set ``training.strategy``, ``training.devices`` and ``training.num_nodes``; no c
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 import lightning as L
@@ -11,15 +11,19 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from cdm4mi.atomic import atomic_output
+from cdm4mi.atomic import atomic_output, record_written, refuse_foreign, refuse_output_inside, remove_recorded
+from cdm4mi.cohort.manifest import load_manifest
 from cdm4mi.config import Config
 from cdm4mi.data.metadata import metadata_vector_dim
+from cdm4mi.models.registry import check_backbone_size
 from cdm4mi.training.datamodule import DiffusionDataModule
 from cdm4mi.training.ema import WarmupEMA
 from cdm4mi.training.module import DiffusionModule
 from cdm4mi.training.previews import SamplePreviews
 from cdm4mi.training.safety import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, RandomState
+from cdm4mi.training.stopping import SigtermStop, fit_until_stopped
 
 
 class FinalCheckpoint(Callback):
@@ -35,7 +39,7 @@ class FinalCheckpoint(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step % self.every_n_train_steps:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 def resolve_precision(precision: str) -> str:
@@ -51,7 +55,8 @@ def build_trainer(config: Config) -> L.Trainer:
     training = config.training
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
-    callbacks: list[Callback] = [FinalCheckpoint(checkpoint_dir / LAST_CHECKPOINT, training.checkpoint_every_n_steps),
+    callbacks: list[Callback] = [SigtermStop(checkpoint_dir / LAST_CHECKPOINT),
+                                 FinalCheckpoint(checkpoint_dir / LAST_CHECKPOINT, training.checkpoint_every_n_steps),
                                  RandomState(),
                                  SamplePreviews(training.preview_samples, training.preview_t_start, training.seed,
                                                 output_dir / "previews")]
@@ -129,6 +134,21 @@ def check_network_fits_data(config: Config, train_set) -> None:
 RUN_OUTPUTS = (CHECKPOINT_DIR, "logs", "tensorboard", "previews", "config.yaml")  # what a run writes
 
 
+def check_output_dir(config: Config, resume: bool) -> None:
+    """``output_dir`` lies outside the data it trains on, and holds no run entry that cdm4mi did not write
+    (a user's own ``config.yaml`` or ``logs/``), which the run would overwrite or ``--overwrite`` delete;
+    ``--resume`` says the folder is the run's own."""
+    output_dir, data = Path(config.output_dir), config.data
+    for key in ("root", "path"):  # the data sets' data folders and files
+        if isinstance(data.get(key), str):
+            refuse_output_inside(output_dir, [data[key]], "output_dir", f"data.{key}")
+    if isinstance(data.get("manifest"), str) and Path(data["manifest"]).is_file():
+        manifest = load_manifest(data["manifest"], root=data.get("root"), check_files=False)
+        manifest.refuse_output_inside(output_dir, "output_dir")
+    if not resume:
+        refuse_foreign(output_dir, RUN_OUTPUTS, "output_dir")
+
+
 def fit(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[DiffusionModule, L.Trainer]:
     """Train as configured; with ``resume`` continue from ``<output_dir>/checkpoints/last.ckpt``; with
     ``overwrite`` start over in an ``output_dir`` that holds a run (deleted once the data have loaded)."""
@@ -142,32 +162,38 @@ def fit(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[
     if not resume and not overwrite and last.exists():
         raise ValueError(f"output_dir: {output_dir} already holds a run; pass --resume to continue it, "
                          "--overwrite to start over, or choose another output_dir")
+    check_output_dir(config, resume)
     check_vector_dim(config)
+    network = dict(config.network)
+    check_backbone_size(network.pop("name"), network)  # before the data load, which may take hours
     datamodule = DiffusionDataModule(config.data, config.training.batch_size, config.training.num_workers,
                                      validate=config.training.val_batches > 0)
     datamodule.setup("fit")
     check_network_fits_data(config, datamodule.train_set)
     module = DiffusionModule(config.model_dump(mode="json"), datamodule.data_state())
-    trainer = build_trainer(config)
+    try:
+        trainer = build_trainer(config)
+    except (MisconfigurationException, ImportError, ValueError, TypeError) as error:  # what Lightning raises for them
+        training = config.training
+        options = (f"training.accelerator={training.accelerator} devices={training.devices} "
+                   f"num_nodes={training.num_nodes} strategy={training.strategy} precision={training.precision}")
+        first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ValueError(f"{options}: Lightning cannot run with these: {first_line}") from None
     if config.training.nonfinite_loss == "skip" and trainer.world_size > 1:
         raise ValueError(f"training.nonfinite_loss: 'skip' works on one process only (Lightning cannot skip a step "
                          f"in distributed training; this run has {trainer.world_size}); use 'stop', which every "
                          "process does together")
     if trainer.is_global_zero:
         if overwrite:
-            remove_run(output_dir)
+            remove_recorded(output_dir, RUN_OUTPUTS)  # check_output_dir refused any entry not recorded
         output_dir.mkdir(parents=True, exist_ok=True)
+        record_written(output_dir, RUN_OUTPUTS)  # before writing: a run stopped midway still owns its files
         with atomic_output(output_dir / "config.yaml", overwrite=True) as temporary:
             temporary.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    try:
+        stopper = next(callback for callback in trainer.callbacks if isinstance(callback, SigtermStop))
+        fit_until_stopped(trainer, module, datamodule, str(last) if resume else None, stopper)
+    finally:
+        if trainer.is_global_zero:  # the record keeps only what this run left, so a user's later folder is theirs
+            record_written(output_dir, [name for name in RUN_OUTPUTS if os.path.lexists(output_dir / name)], keep=False)
     return module, trainer
-
-
-def remove_run(output_dir: Path) -> None:
-    """Delete what an earlier run wrote into ``output_dir`` (nothing else in it)."""
-    for name in RUN_OUTPUTS:
-        path = output_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()

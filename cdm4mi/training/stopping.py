@@ -1,0 +1,100 @@
+"""Stopping a training run on SIGTERM or Ctrl-C so that ``cdm4mi train --resume`` can continue it.
+
+SIGTERM: ``SigtermStop`` notes the signal; at the end of the step under way every process asks whether any of
+them got one (``strategy.reduce_boolean_decision``: one small all-reduce per step under DDP, so all ranks decide
+at the same step, whichever rank the signal reached) and sets ``trainer.should_stop``. Lightning then ends the
+run as it ends one at ``max_steps``: ``last.ckpt`` holds the last step (``ModelCheckpoint``, or
+``FinalCheckpoint`` when that step is not a periodic one), and ``fit_until_stopped`` raises ``Terminated``.
+
+Lightning has a SIGTERM handler of its own (``lightning.pytorch.trainer.connectors.signal_connector``), which
+``SigtermStop`` replaces once training starts: under DDP it broadcasts inside the signal handler, which
+deadlocks when the signal lands while another rank waits in a collective operation (seen with two CPU ranks,
+gloo), and its loops then stop each rank where it stands, mid-validation included, without a checkpoint. A
+SIGTERM in the moment between Lightning installing its handler and training starting still goes its way:
+its ``SIGTERMException`` becomes ``Terminated`` too, and the checkpoints written so far are kept.
+
+Ctrl-C: Lightning catches ``KeyboardInterrupt`` wherever it hits, mid-step, and calls ``sys.exit(1)``. A
+mid-step state cannot be resumed exactly, so no checkpoint is written; the last periodic one is kept.
+``fit_until_stopped`` raises ``KeyboardInterrupt`` again. The CLI reports the two with exit status 143 and 130.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from cdm4mi.termination import Terminated
+
+
+class SigtermStop(Callback):
+    """Stops training after the step under way once any process got SIGTERM; ``path`` is the checkpoint
+    that then holds the last step."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.received = False
+        self.stop_step: int | None = None
+        self.last_checkpoint_step: int | None = None
+
+    def note(self, signum: int, frame: Any) -> None:
+        """The SIGTERM handler while ``trainer.fit`` runs. It only notes: Lightning calls it from its own
+        handler until training starts, and Lightning must not be interrupted mid-step."""
+        self.received = True
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._replace_lightning_handler()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._replace_lightning_handler()
+
+    def _replace_lightning_handler(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # as Lightning does: signals are main-thread only
+            signal.signal(signal.SIGTERM, self.note)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # Every rank asks at every step, whether or not it got the signal: the question is a collective operation.
+        if trainer.strategy.reduce_boolean_decision(self.received, all=False) and self.stop_step is None:
+            self.stop_step = trainer.global_step
+            trainer.should_stop = True
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.last_checkpoint_step = checkpoint.get("global_step")
+
+    def outcome(self) -> str:
+        """What a resume continues from, for the one-line message of a stopped run."""
+        step = "" if self.last_checkpoint_step is None else f" (step {self.last_checkpoint_step})"
+        if self.stop_step is not None and self.last_checkpoint_step == self.stop_step:
+            return f"stopped after step {self.stop_step}, saved in {self.path}"
+        if not self.path.is_file():
+            return f"there is no {self.path.name} to resume from yet"
+        return f"the last checkpoint {self.path}{step} is kept"
+
+
+def fit_until_stopped(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+                      ckpt_path: str | None, stopper: SigtermStop) -> None:
+    """``trainer.fit``; after a SIGTERM it raises ``Terminated``, after Ctrl-C ``KeyboardInterrupt``, their text
+    ``stopper.outcome()``. ``stopper`` must be one of ``trainer.callbacks``."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    # Until Lightning installs its handler (it keeps this one, calling it after its own), a SIGTERM is noted
+    # and training stops after its first step.
+    previous = signal.signal(signal.SIGTERM, stopper.note) if in_main_thread else None
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except (SIGTERMException, Terminated):  # SIGTERMException is a SystemExit: exit status 0 if left alone
+        raise Terminated(stopper.outcome()) from None
+    except SystemExit:
+        if trainer.interrupted:  # Lightning's sys.exit(1) after a KeyboardInterrupt
+            raise KeyboardInterrupt(f"no checkpoint is written mid-step; {stopper.outcome()}") from None
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    if stopper.received or stopper.stop_step is not None:  # the latter on the ranks the signal did not reach
+        raise Terminated(stopper.outcome())
