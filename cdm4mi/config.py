@@ -108,7 +108,7 @@ class TrainingConfig(_Section):
     ema_decay: float | None = pydantic.Field(0.999, gt=0, lt=1)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"] = "auto"
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    devices: int | str | list[int] = "auto"  # a count, "auto", or GPU indices ([1]: the second GPU)
     num_nodes: int = pydantic.Field(1, ge=1)
     strategy: str = "auto"
     num_workers: int = pydantic.Field(0, ge=0, le=256)  # each worker is a process with its own copy of the data

@@ -27,6 +27,18 @@ class Terminated(BaseException):
     ``except Exception`` turns it into an error message. ``str()`` says what was kept, or is empty."""
 
 
+def quiet(stop: BaseException) -> BaseException:
+    """``stop`` (``Terminated`` or ``KeyboardInterrupt``) marked as reported by another process of the same run:
+    under DDP every rank stops, and rank 0 alone prints the line (what was saved, how to resume); the CLI exits
+    the other ranks with the same status, silently."""
+    stop.quiet = True
+    return stop
+
+
+def is_quiet(stop: BaseException) -> bool:
+    return getattr(stop, "quiet", False)
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """While active (main thread only; elsewhere nothing changes), SIGTERM raises ``Terminated``."""

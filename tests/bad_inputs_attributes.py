@@ -1,7 +1,9 @@
 """Bad-input cases (tests/bad_inputs.py) with damaged DICOM attributes: pydicom's CT_small.dcm and MR_small.dcm
 with an attribute that says how to place or read the pixels missing, holding the wrong number of values, text
 where numbers belong, or a value no image can have. Each must be refused in one line naming the file (the
-reader names the attribute too), never as a Python TypeError/IndexError or a decoder's message.
+reader names the attribute too), never as a Python TypeError/IndexError or a decoder's message. And elements a
+derived DICOM series copies from its source that it cannot write unchanged (``uncopyable_cases``): refused by
+``simulate`` and ``denoise`` before the work, naming the source and the element.
 
 Text in a numeric attribute is written as a scanner would write it: the element keeps its numeric VR (DS, IS)
 and holds the text, which pydicom itself refuses to encode; so the file is written with VR LO and its two VR
@@ -19,6 +21,7 @@ from bad_inputs import (
     MR_SCAN_COMMANDS,
     MR_SMALL,
     Case,
+    Context,
     _slices,
     bytes_file,
     dataset_file,
@@ -29,13 +32,18 @@ from bad_inputs import (
     scan_case,
     series_folder,
 )
+from bad_inputs_outputs import CommandLines, scan_lines
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
+
+from cdm4mi.io.header_values import unvalidated
 
 MISSING = "DICOM attributes: missing"
 MULTI_VALUED = "DICOM attributes: multi-valued"
 WRONG_TYPE = "DICOM attributes: wrong type"
 OUT_OF_RANGE = "DICOM attributes: out of range"
+UNCOPYABLE = "DICOM attributes: cannot be copied"
 
 
 def removed(keyword: str) -> Callable[[Dataset], None]:
@@ -52,10 +60,14 @@ def set_to(keyword: str, value: object) -> Callable[[Dataset], None]:
     return change
 
 
-def text_in(keyword: str, text: str, source: Path = CT_SMALL) -> Callable[[], bytes]:
-    """The shipped file with ``text`` in the numeric attribute ``keyword``, its VR kept (see the module doc)."""
+def text_in(keyword: str, text: str, source: Path = CT_SMALL,
+            change: Callable[[Dataset], None] | None = None) -> Callable[[], bytes]:
+    """The shipped file with ``text`` in the numeric attribute ``keyword``, its VR kept (see the module doc), and
+    ``change`` made to it."""
     def content() -> bytes:
         ds = dicom(source)
+        if change is not None:
+            change(ds)
         tag = pydicom.datadict.tag_for_keyword(keyword)
         vr = pydicom.datadict.dictionary_VR(tag)
         ds[tag] = DataElement(tag, "LO", text)
@@ -147,4 +159,47 @@ def attribute_cases() -> list[Case]:
                 set_to("PhotometricInterpretation", "RGB")),
         scan_case("series whose second slice has 3 PixelSpacing values", MULTI_VALUED,
                   series_folder("series_spacing_3", second_slice_changed(set_to("PixelSpacing", [0.5] * 3)))),
+    ]
+
+
+# ------------------------------------------------------------------------------- elements a writer copies
+
+
+def with_long_text(keyword: str) -> Callable[[Dataset], None]:
+    """``keyword`` holding 70,000 characters, in a file written in implicit VR, whose 32-bit lengths hold it; the
+    explicit VR a derived series is written in holds 65,535 bytes for a text element."""
+    def change(ds: Dataset) -> None:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        with unvalidated():  # pydicom warns that it is too long for its VR: that is the point
+            setattr(ds, keyword, "too long " * 7778)
+
+    return change
+
+
+def _written_as_dicom(write: Callable[[Path], Path]) -> Callable[[Path, Context], CommandLines]:
+    """``simulate`` and ``denoise`` of the scan ``write`` makes, to a DICOM series (which copies its header)."""
+    def make(folder: Path, context: Context) -> CommandLines:
+        with unvalidated():
+            scan = write(folder / "input")
+        return CommandLines(scan, (scan.name,), argv=scan_lines(context, scan, folder / "derived"))
+
+    return make
+
+
+def _long_named_series() -> list[Dataset]:
+    slices = _slices(2)
+    for ds in slices:
+        with_long_text("PatientName")(ds)
+    return slices
+
+
+def uncopyable_cases() -> list[Case]:
+    """Header elements a derived DICOM series copies from its source but cannot write unchanged: refused before
+    the work, naming the source and the element."""
+    commands = ("simulate", "denoise")
+    return [
+        Case("CT_small with a 70,000-character StudyDescription, to DICOM", UNCOPYABLE, commands, _written_as_dicom(
+            dataset_file("ct_long_description.dcm", with_long_text("StudyDescription")))),
+        Case("series with a 70,000-character PatientName, to DICOM", UNCOPYABLE, commands,
+             _written_as_dicom(series_folder("series_long_name", _long_named_series))),
     ]

@@ -81,7 +81,7 @@ def command_case(name: str, group: str, command: str, option: str,
                  argv: Callable[[Path, Context], list[str]]) -> Case:
     def make(folder: Path, context: Context) -> Built:
         folder.mkdir(parents=True, exist_ok=True)
-        return CommandLines(folder, (option,), argv={command: argv(folder, context)})
+        return CommandLines(folder, (option,), argv={command: argv(folder, context)}, unread=("absent",))
 
     return Case(name, group, (command,), make)
 

@@ -1,6 +1,6 @@
 """Outputs placed inside what a command reads, and folders holding files cdm4mi did not write, for the bad-input
-corpus (tests/bad_inputs.py): an output that is, holds or lies inside the input scan, the checkpoint, the data
-root or a scan folder; ``--overwrite`` aimed at a folder with a user's own config.yaml, logs/, figures/ or
+corpus (tests/bad_inputs.py): an output that is, holds or lies inside the input scan, the checkpoint (or, for
+``evaluate``, its folder), the data root or a scan folder; ``--overwrite`` aimed at a folder with a user's own config.yaml, logs/, figures/ or
 files. Each is refused in one line before anything is read at length, written or deleted.
 
 These cases know their own command lines (``CommandLines``): the output goes inside the case's own inputs, not
@@ -30,6 +30,8 @@ class CommandLines(Built):
     """A case with its command line for each command that takes it (outputs inside the case's inputs)."""
 
     argv: Mapping[str, list[str]] = field(default_factory=dict)
+    unread: tuple[str, ...] = ()
+    """Inputs the run must be refused before it reads: the error line names none of them."""
 
 
 def data_root(folder: Path) -> tuple[Path, Path]:
@@ -112,6 +114,15 @@ def _sample_out_is_the_checkpoint(folder: Path, context: Context) -> CommandLine
     shutil.copyfile(context.toy_checkpoint, checkpoint)
     argv = ["sample", "--checkpoint", str(checkpoint), "--out", str(checkpoint), "--num-samples", "4", "--overwrite"]
     return CommandLines(checkpoint, ("model.pt",), argv={"sample": argv})
+
+
+def _evaluate_out_is_the_checkpoint(folder: Path, context: Context) -> CommandLines:
+    """``evaluate`` of a generative model (no --manifest) with ``--out`` the checkpoint file itself."""
+    checkpoint = folder / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    shutil.copyfile(context.toy_checkpoint, checkpoint)
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--out", str(checkpoint), "--overwrite"]
+    return CommandLines(checkpoint, ("--checkpoint",), argv={"evaluate": argv})
 
 
 def _inside_the_data_root(folder: Path, context: Context) -> CommandLines:
@@ -212,6 +223,7 @@ def output_overlap_cases() -> list[Case]:
         case("denoise output folder holding the checkpoint", INSIDE, ("denoise",),
              _denoise_output_holding_the_checkpoint),
         case("sample out is the checkpoint", INSIDE, ("sample",), _sample_out_is_the_checkpoint),
+        case("generative evaluate out is the checkpoint", INSIDE, ("evaluate",), _evaluate_out_is_the_checkpoint),
         case("output inside the data root", INSIDE, ("manifest", "train", "evaluate"), _inside_the_data_root),
         case("output is the data root", INSIDE, ("manifest", "train", "evaluate"), _is_the_data_root),
         case("output inside a scan folder linked from outside the root", INSIDE, ("train", "evaluate"),

@@ -27,6 +27,7 @@ FIXED_SALT = bytes(range(32))
 
 TINY_UNET = ["network.base_channels=16", "network.norm_groups=8", "network.num_head_channels=16",
              "data.patch_size=[32,32]"]
+SMALLEST_UNET = ("network.channel_mult=[1]", "network.attention_levels=[false]")  # with TINY_UNET: quick to load
 
 
 def quick_training(steps: int) -> list[str]:
@@ -45,6 +46,14 @@ def train_tiny(config: str, manifest: Path, output_dir: Path, steps: int, *extra
     checkpoint = output_dir / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
     return checkpoint
+
+
+def tiny_ct_denoiser(root: Path) -> tuple[Path, Path]:
+    """Four phantom CT patients of two 32x32 slices under ``root`` and a 2D denoiser (TINY_UNET, SMALLEST_UNET)
+    trained one step on them: enough to run denoise and evaluate end to end. Returns the manifest and the
+    checkpoint."""
+    manifest, _ = make_ct_hospital(root, HospitalSpec(num_patients=4, shape=(2, 32, 32)))
+    return manifest, train_tiny("ldct_2d_concat.yaml", manifest, root / "run", 1, *SMALLEST_UNET)
 
 
 def make_ct_hospital(root: Path, spec: HospitalSpec = HOSPITAL) -> tuple[Path, dict]:

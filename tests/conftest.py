@@ -2,11 +2,13 @@
 
 import sys
 
+from corpus_report import summary_lines
+
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """The bad-input corpus (tests/cli/test_bad_inputs.py) and the bad options (tests/cli/test_option_checks.py),
-    when they ran: runs passed, by class of input."""
-    for name in ("test_bad_inputs", "test_option_checks"):
-        module = sys.modules.get(name)
-        for line in module.summary_lines() if module is not None else []:
-            terminalreporter.write_line(line)
+    """The bad-input corpus (tests/cli/test_bad_inputs.py) when it ran: its classes, cases and runs passed; and the
+    classes tested beside it (signals, races, privacy, resource bombs) with their tests passed."""
+    corpus = sys.modules.get("test_bad_inputs")
+    passed = [report.nodeid for report in terminalreporter.stats.get("passed", []) if report.when == "call"]
+    for line in summary_lines(corpus.CASES if corpus else [], corpus.RESULTS if corpus else {}, passed):
+        terminalreporter.write_line(line)

@@ -8,6 +8,11 @@ standard deviation over the K draws is written beside Y (``<Y>_std``): an uncert
 A model trained with ``data.metadata`` (e.g. ``[dose_fraction, noise_level, kvp]``) is told the scan's
 metadata: ``--metadata key=value`` (repeatable, e.g. ``--metadata dose_fraction=0.25``) first, then the
 input's DICOM tags, then the noise level estimated from the scan. Fields: see ``cdm4mi.data.metadata``.
+
+Many patients: X a manifest (.json; its test split, or --split) or a folder of scans (NIfTI files, sub-folders
+each holding a DICOM series), Y a folder that receives one output per patient; --devices N spreads them over
+processes (GPUs) with Lightning, --skip-existing leaves out the patients already written
+(``cdm4mi.cli.denoise_batch``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import sys
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
-from cdm4mi.cli.options import device, non_negative_float, non_negative_int, positive_int, timestep_or_auto
+from cdm4mi.cli.options import add_runtime_options, non_negative_float, non_negative_int, positive_int, timestep_or_auto
 from cdm4mi.data.metadata import FIELDS, parse_value
 from cdm4mi.evaluation.calibration import describe_calibration
 from cdm4mi.inference.checks import check_compatible, check_metadata, check_sampling_options
@@ -27,11 +32,17 @@ from cdm4mi.inference.denoise import (
     denoise_scan,
     model_normalization,
 )
+from cdm4mi.inference.runtime import load_for_inference
 from cdm4mi.io.deidentify import Deidentifier
 from cdm4mi.io.pseudonyms import load_or_create_salt
 from cdm4mi.io.read import load_scan
-from cdm4mi.io.write import NIFTI_SUFFIXES, carried_header_problems, check_replaceable_series, write_volume
-from cdm4mi.training.checkpoint import load_module
+from cdm4mi.io.write import (
+    NIFTI_SUFFIXES,
+    carried_header_problems,
+    check_replaceable_series,
+    refuse_unwritable_header,
+    write_volume,
+)
 
 PRIVATE_FIELDS = ("age_years", "sex")  # used, but their values are never printed
 
@@ -40,8 +51,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("denoise", parents=[common], help="denoise a scan with a trained model",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by cdm4mi train")
-    parser.add_argument("--input", required=True, help="DICOM folder, DICOM file or NIfTI file")
-    parser.add_argument("--output", required=True, help=".nii/.nii.gz file or a folder for a DICOM series")
+    parser.add_argument("--input", required=True, help="DICOM folder, DICOM file or NIfTI file; for many patients a "
+                                                       "manifest (.json) or a folder of scans")
+    parser.add_argument("--output", required=True, help=".nii/.nii.gz file or a folder for a DICOM series; for many "
+                                                        "patients a folder for their outputs")
     parser.add_argument("--series", help="SeriesInstanceUID, when the input folder holds several series")
     parser.add_argument("--steps", type=positive_int, help="sampling steps (default: the checkpoint's config)")
     parser.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
@@ -54,7 +67,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                         help=f"a metadata value for models trained with data.metadata, repeatable; keys: "
                              f"{', '.join(FIELDS)} (default: the DICOM tags, the estimated noise level)")
-    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    add_runtime_options(parser)
+    from cdm4mi.cli.denoise_batch import add_batch_options  # here: it imports this module
+
+    add_batch_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the input)")
     parser.add_argument("--deidentify", action="store_true",
                         help="DICOM output with the basic de-identification profile (PS3.15 Annex E): names and IDs "
@@ -64,12 +80,17 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+def std_output(output: Path) -> Path:
+    """Where the uncertainty map of ``output`` goes: ``<name>_std.nii.gz`` beside ``<name>.nii.gz``, ``<folder>_std``."""
+    name = output.name
+    return output.with_name(next((name[: -len(s)] + "_std" + s for s in NIFTI_SUFFIXES[::-1] if name.endswith(s)),
+                                 name + "_std"))
+
+
 def output_paths(inputs: list[Path], output: Path, samples: int, overwrite: bool) -> tuple[Path, Path | None]:
     """The denoised output and, for several samples, the std output; refuses to touch the ``inputs`` (the
     scan, the checkpoint)."""
-    name = output.name
-    std_name = next((name[: -len(s)] + "_std" + s for s in NIFTI_SUFFIXES[::-1] if name.endswith(s)), name + "_std")
-    std_path = output.with_name(std_name) if samples > 1 else None
+    std_path = std_output(output) if samples > 1 else None
     for path in (output, std_path):
         if path is not None:
             for input_path in inputs:
@@ -99,7 +120,9 @@ def parse_metadata(items: list[str]) -> dict[str, float | str]:
 
 def warn_header_problems(command: str, input_path: Path, scan, deidentify: Deidentifier | None) -> None:
     """One stderr line per source header element the DICOM output copies though its value is not valid DICOM,
-    naming the element, never its value (it may be a birth date or a name)."""
+    naming the element, never its value (it may be a birth date or a name); an element it cannot copy unchanged
+    is refused here, before the work."""
+    refuse_unwritable_header(scan, str(input_path))
     try:
         problems = carried_header_problems(scan, deidentify)
     except ValueError as error:
@@ -146,11 +169,15 @@ def deidentifier(args: argparse.Namespace, input_path: Path, output: Path) -> De
 
 
 def run(args: argparse.Namespace) -> int:
+    from cdm4mi.cli.denoise_batch import is_batch, run_batch  # here: it imports this module
+
+    if is_batch(args):  # a manifest or a folder of scans
+        return run_batch(args)
     input_path, output = Path(args.input), Path(args.output)
     output, std_path = output_paths([input_path, Path(args.checkpoint)], output, args.samples, args.overwrite)
     deidentify = deidentifier(args, input_path, output)
     metadata = parse_metadata(args.metadata)
-    module = load_module(args.checkpoint, map_location=args.device)
+    module = load_for_inference(args.checkpoint, args.device, args.precision, args.channels_last, args.compile)
     check_metadata(metadata, module, args.checkpoint)
     check_sampling_options(module, args.checkpoint, {} if args.steps is None else {"steps": args.steps},
                            t_start=args.t_start, warm_start=True)
@@ -161,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     if not output.name.endswith(NIFTI_SUFFIXES):  # before the work: a date --deidentify cannot shift stops here
         warn_header_problems("denoise", input_path, scan, deidentify)
     result = denoise_scan(module, scan, steps=args.steps, eta=args.eta, t_start=args.t_start,
-                          samples=args.samples, batch_size=args.batch_size, seed=args.seed, metadata=metadata)
+                          samples=args.samples, batch_size=args.batch_size, seed=args.seed, metadata=metadata,
+                          precision=args.precision)
     write_volume(result.mean, scan, output, "cdm4mi denoised", args.overwrite, deidentifier=deidentify)
     print(f"denoised {scan.array.shape[0]} slices of {scan.array.shape[1]}x{scan.array.shape[2]} "
           f"(warm start t={result.t_start}, input noise {result.input_noise_std:.3f} model units)")

@@ -22,13 +22,15 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from cdm4mi.atomic import check_writable, refuse_foreign, staged_folder
+from cdm4mi.atomic import check_writable, refuse_foreign, refuse_output_inside, staged_folder
 from cdm4mi.cli.options import (
     IncreasingPair,
-    device,
+    add_process_options,
+    add_runtime_options,
     finite_float,
     non_negative_int,
     positive_int,
+    process_options,
     whole_number,
 )
 from cdm4mi.cohort.manifest import load_manifest
@@ -36,9 +38,12 @@ from cdm4mi.cohort.splits import fold_manifests
 from cdm4mi.config import load_config
 from cdm4mi.evaluation.crossval import cross_validate, fold_overrides
 from cdm4mi.evaluation.generative import evaluate_generation
-from cdm4mi.evaluation.heldout import HeldOutResult, evaluate_heldout, write_heldout_report
+from cdm4mi.evaluation.heldout import HeldOutResult, evaluate_heldout, save_figures, write_heldout_report
+from cdm4mi.inference.batch import Placement
 from cdm4mi.inference.checks import check_denoiser, check_sampling_options
+from cdm4mi.inference.runtime import load_for_inference
 from cdm4mi.training.checkpoint import load_module
+from cdm4mi.training.run import device_overrides
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -65,8 +70,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--inception-weights", help="generative images: the pytorch-fid Inception weights file "
                                                     "(pt_inception-2015-12-05-6726825d.pth) for FID/KID")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="generative: samples per sampling batch")
-    parser.add_argument("--device", type=device, default="cpu", help="generative: cpu, cuda, cuda:N, mps or auto")
+    add_runtime_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder's results")
+    add_process_options(parser.add_argument_group(
+        "denoisers: spread the patients over processes with Lightning (--checkpoint; srun, torchrun or --devices N)"))
     parser.set_defaults(run=run)
 
 
@@ -74,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "metrics.csv").exists():
         check_writable(out / "metrics.csv", args.overwrite, option="--out")
+    if args.checkpoint is not None:
+        refuse_output_inside(out, [args.checkpoint], "--out", "--checkpoint")
     if args.manifest is None:
         return run_generative(args, out)
     if (args.folds is None) == (args.checkpoint is None):
@@ -87,10 +96,17 @@ def run(args: argparse.Namespace) -> int:
         if (out / name).exists():
             check_writable(out / name, args.overwrite, option="--out")
     refuse_foreign(out, ["figures"], "--out")  # --overwrite replaces a figures/ folder only if cdm4mi wrote it
-    options = {"steps": args.steps, "t_start": args.t_start, "samples": args.samples, "seed": args.seed}
+    options = {"steps": args.steps, "t_start": args.t_start, "samples": args.samples, "seed": args.seed,
+               "precision": args.precision}
     evaluate = dict(window=window, use_body_mask=args.body_mask, denoise_options=options)
+    processes = process_options(args)
+    if processes is not None:
+        if args.folds is not None:
+            raise ValueError("--devices, --num-nodes, --strategy: spread the patients of a --checkpoint's evaluation; "
+                             "--folds trains, on the config's training.devices")
+        return run_on_processes(args, out, manifest, window, evaluate, processes)
     if args.folds is None:
-        module = load_module(args.checkpoint)
+        module = load_for_inference(args.checkpoint, args.device, args.precision, args.channels_last, args.compile)
         check_denoiser(module, args.checkpoint, manifest.modality, f"the manifest {manifest.path}")
         check_sampling_options(module, args.checkpoint, {} if args.steps is None else {"steps": args.steps},
                                t_start=args.t_start, warm_start=True)
@@ -105,10 +121,28 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--t-start: {args.t_start} lies beyond the timesteps {args.config} trains (0 to {highest})")
     folds = fold_manifests(manifest, args.folds, seed=args.seed)
     with staged_folder(out, overwrite=args.overwrite) as stage, removed_on_failure([out / f"fold{k + 1}" for k in range(len(folds))]):
-        result = cross_validate(args.config, args.overrides, folds, out, stage, evaluate, args.overwrite)
+        result = cross_validate(args.config, [*args.overrides, *device_overrides(args.device)], folds, out, stage,
+                                evaluate, args.overwrite, device=args.device)
         return report(result, stage, out, window, args)
 
 
+
+
+def run_on_processes(args: argparse.Namespace, out: Path, manifest, window: tuple[float, float], evaluate: dict,
+                     processes: dict) -> int:
+    """``--checkpoint``'s evaluation with its patients spread over processes (``--devices``, srun, torchrun): each
+    process denoises and scores its patients, rank 0 gets every score and alone writes the report."""
+    module = load_module(args.checkpoint)  # Lightning moves it to each process's device
+    check_denoiser(module, args.checkpoint, manifest.modality, f"the manifest {manifest.path}")
+    check_sampling_options(module, args.checkpoint, {} if args.steps is None else {"steps": args.steps},
+                           t_start=args.t_start, warm_start=True)
+    placement = Placement(args.precision, args.channels_last, args.compile)
+    result = evaluate_heldout(module, manifest, args.split, processes={**processes, "prepare": placement}, **evaluate)
+    if result is None:
+        return 0  # not rank 0, which reports for every process
+    with staged_folder(out, overwrite=args.overwrite) as stage:
+        save_figures(result, stage / "figures", window)
+        return report(result, stage, out, window, args)
 
 
 @contextlib.contextmanager
@@ -140,12 +174,18 @@ def report(result: HeldOutResult, stage: Path, out: Path, window: tuple[float, f
 def run_generative(args: argparse.Namespace, out: Path) -> int:
     if args.checkpoint is None or args.folds is not None:
         raise ValueError("without --manifest, give --checkpoint: a generative model evaluated on its own data set")
+    if process_options(args) is not None:
+        raise ValueError("--devices, --num-nodes, --strategy: spread the patients of a denoiser (--manifest); a "
+                         "generative model is evaluated in one process (--device)")
     if (out / "summary.json").exists():
         check_writable(out / "summary.json", args.overwrite, option="--out")
-    module = load_module(args.checkpoint, map_location=args.device)
+    module = load_for_inference(args.checkpoint, args.device, args.precision, args.channels_last, args.compile)
+    for key in ("root", "path"):  # as for a manifest's data: never write into the data set it was trained on
+        if isinstance(module.config.data.get(key), str):
+            refuse_output_inside(out, [module.config.data[key]], "--out", f"the checkpoint's data.{key}")
     result = evaluate_generation(module, out, split=args.split, num_samples=args.num_samples,
                                  inception_weights=args.inception_weights, batch_size=args.batch_size,
-                                 seed=args.seed, device=args.device, overwrite=args.overwrite)
+                                 seed=args.seed, overwrite=args.overwrite, precision=args.precision)
     print(format_generation_table(result.reports))
     for path in result.files:
         print(f"wrote: {path}")

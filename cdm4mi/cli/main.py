@@ -2,7 +2,7 @@
 ``cdm4mi <command>: ...``, and exits with a status a script or a batch scheduler can act on:
 
 * 0: done;
-* 2: bad input (``ValueError``, ``OSError``, YAML errors, Lightning's ``MisconfigurationException``, input
+* 2: bad input (a command line argparse refuses, ``ValueError``, ``OSError``, YAML errors, Lightning's ``MisconfigurationException``, input
   nested too deeply to read, input too large for the memory): the line names the file or option;
 * 1: an internal error (any other exception): a bug to report, rerun with ``--debug`` for the traceback;
 * 130: Ctrl-C (SIGINT); 143: SIGTERM (``cdm4mi.termination``). Temporary outputs are removed either way.
@@ -18,6 +18,7 @@ import functools
 import logging
 import sys
 import traceback
+from typing import NoReturn
 
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -25,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cdm4mi import __version__
 from cdm4mi.cli import demo, denoise, evaluate, manifest, sample, simulate, train
-from cdm4mi.termination import SIGINT_EXIT_STATUS, SIGTERM_EXIT_STATUS, Terminated, sigterm_raises
+from cdm4mi.termination import SIGINT_EXIT_STATUS, SIGTERM_EXIT_STATUS, Terminated, is_quiet, sigterm_raises
 
 SUBCOMMANDS = (simulate, manifest, train, sample, denoise, evaluate, demo)
 # Errors caused by what the user asked for: reported in one line, exit status 2. (pydantic's
@@ -36,15 +37,36 @@ INPUT_OPTIONS = ("config", "manifest", "input", "root", "checkpoint")
 OUTPUT_OPTIONS = ("output", "out")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that refuses a command line in one line on stderr naming the command, exit status 2:
+    ``cdm4mi denoise: error: argument --steps: must be >= 1, got -5; see cdm4mi denoise --help`` (argparse's own
+    prints its usage block above it, and names no command for an unknown option). Its sub-parsers must be of
+    this class too (``add_subparsers(parser_class=...)``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.refuse(self.prog, message)
+
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:  # argparse refuses them in the top parser's name; they were given to a command
+            command = getattr(parsed, "command", None)
+            self.refuse(f"{self.prog} {command}" if command else self.prog,
+                        f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed
+
+    def refuse(self, prog: str, message: str) -> NoReturn:
+        self.exit(2, f"{prog}: error: {shortened(message)}; see {prog} --help\n")
+
+
 @functools.cache  # built once per process: main() may run many times in one (tests, notebooks)
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cdm4mi", description="Conditional diffusion models for medical imaging (MONAI + Lightning)."
     )
     parser.add_argument("--version", action="version", version=f"cdm4mi {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full Python traceback on errors")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for subcommand in SUBCOMMANDS:
         subcommand.add_parser(commands, common)
     return parser
@@ -56,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     # nibabel logs each NIfTI header field it repairs or cannot repair (level 40), without naming the file; a
     # header it cannot read is reported as our one-line error, naming the file.
     logging.getLogger("nibabel").setLevel(logging.CRITICAL)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version (0) or a refused command line (2), already printed
+        return done.code if isinstance(done.code, int) else 2
     try:
         with sigterm_raises():
             return int(args.run(args) or 0)
@@ -73,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stopped(args: argparse.Namespace, how: str, stop: BaseException, status: int) -> int:
-    """One line for a run stopped by a signal; ``str(stop)`` says what was kept (training: its checkpoint)."""
+    """One line for a run stopped by a signal; ``str(stop)`` says what was kept (training: its checkpoint). None
+    from a DDP rank other than 0 (``quiet``): rank 0 prints it for the run."""
     if args.debug:
         traceback.print_exc()
+    if is_quiet(stop):
+        return status
     # not cut to MESSAGE_LIMIT: the text is cdm4mi's own, and may end with the command line that resumes the run
     detail = " ".join(str(stop).split()) or "unfinished outputs were removed"
     print(f"cdm4mi {args.command}: {how}; {detail}", file=sys.stderr)
@@ -111,7 +139,12 @@ def one_line(error: BaseException, limit: int = MESSAGE_LIMIT) -> str:
     if marker:
         text = before if before.strip() else next(
             (line for line in reversed(after.splitlines()) if line.strip()), "")
-    text = " ".join(text.split()) or type(error).__name__
+    return shortened(text, limit) or type(error).__name__
+
+
+def shortened(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` as one line (runs of white space become one space) of at most ``limit`` characters."""
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

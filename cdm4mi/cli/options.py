@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from collections.abc import Callable
-
-import torch
-
-DEVICE_SPELLING = re.compile(r"cpu|cuda(:\d+)?|mps|auto")
 
 
 def whole_number(minimum: int) -> Callable[[str], int]:
@@ -70,21 +65,29 @@ def timestep_or_auto(text: str) -> int | None:
 
 
 def device(text: str) -> str:
-    """cpu, cuda, cuda:N, mps or auto (CUDA if there is one, else cpu); a device this machine lacks is refused,
-    never replaced by another."""
-    if not DEVICE_SPELLING.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N, mps or auto, got {text!r}")
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: no CUDA device on this machine")
-        index = int(text.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if text == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError("mps: no Apple GPU (MPS) on this machine")
-    return text
+    """cpu, cuda, cuda:N, mps or auto (CUDA if there is one, else cpu), as the device it resolves to on this
+    machine; a device this machine lacks is refused, never replaced by another (``inference.runtime``)."""
+    from cdm4mi.inference.runtime import resolve_device  # torch: imported when a command line is parsed, not for --help
+
+    try:
+        return str(resolve_device(text, option="device"))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("device: ")) from None
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, precision: bool = True) -> None:
+    """``--device`` and, for commands that run a trained network, ``--precision``, ``--channels-last``, ``--compile``
+    (``cdm4mi.inference.runtime``)."""
+    parser.add_argument("--device", type=device, default="auto",
+                        help="cpu, cuda, cuda:N, mps or auto: the first CUDA GPU if there is one, else cpu "
+                             "(default: %(default)s)")
+    if not precision:
+        return
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast precision of the network; the sampler stays in fp32 (default: %(default)s)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC memory format for 2D networks (default: on for CUDA, off for cpu)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (the first batch compiles)")
 
 
 class IncreasingPair(argparse.Action):
@@ -95,3 +98,26 @@ class IncreasingPair(argparse.Action):
         if not low < high:
             raise argparse.ArgumentError(self, f"LOW must be below HIGH, got {low:g} {high:g}")
         setattr(namespace, self.dest, [low, high])
+
+
+def devices_or_auto(text: str) -> int | str:
+    """``--devices``: a number of processes per node, or 'auto' (every GPU; one process on the CPU)."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
+def add_process_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--devices``, ``--num-nodes``, ``--strategy``: the processes Lightning spreads patients over
+    (``cdm4mi.inference.predict``); all None when not given."""
+    parser.add_argument("--devices", type=devices_or_auto, metavar="N|auto",
+                        help="processes per node, one per GPU (auto: every GPU; one process on the CPU)")
+    parser.add_argument("--num-nodes", type=positive_int, help="nodes (srun or torchrun start their processes)")
+    parser.add_argument("--strategy", choices=["auto", "ddp"],
+                        help="Lightning's strategy (auto: ddp for several processes)")
+
+
+def process_options(args: argparse.Namespace) -> dict | None:
+    """``predict_patients``'s options from ``add_process_options``, or None when none was given."""
+    if args.devices is None and args.num_nodes is None and args.strategy is None:
+        return None
+    return {"device": args.device, "devices": args.devices, "num_nodes": args.num_nodes or 1,
+            "strategy": args.strategy or "auto"}

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from cdm4mi.atomic import atomic_output, check_writable, refuse_input_overlap
-from cdm4mi.cli.options import device, non_negative_float, non_negative_int, positive_float, positive_int
+from cdm4mi.cli.options import add_runtime_options, non_negative_float, non_negative_int, positive_float, positive_int
 from cdm4mi.data.registry import build_dataset
 from cdm4mi.evaluation.image_figures import pick_frames, save_image_grid, save_process_strip
 from cdm4mi.inference.checks import check_sampling_options
 from cdm4mi.inference.generate import sample_batches
-from cdm4mi.training.checkpoint import load_module
+from cdm4mi.inference.runtime import load_for_inference
 from cdm4mi.training.module import DiffusionModule
 from cdm4mi.training.previews import save_sample_preview
 
@@ -46,7 +46,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-corrector", type=non_negative_int, help="predictor-corrector: corrector steps per step")
     parser.add_argument("--ode-method", choices=["euler", "heun", "rk45"], help="probability-flow ODE solver")
     parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    add_runtime_options(parser)
     parser.add_argument("--png", help="sample figure (default: next to --out)")
     parser.add_argument("--strip", help="image models: denoising-process strip (default: <out>_process.png)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "timestep_spacing": args.spacing,
         "snr": args.snr, "n_corrector": args.n_corrector, "ode_method": args.ode_method,
         "guidance_scale": args.guidance_scale}.items() if value is not None}
-    module = load_module(args.checkpoint, map_location=args.device)
+    module = load_for_inference(args.checkpoint, args.device, args.precision, args.channels_last, args.compile)
     check_sampling_options(module, args.checkpoint, overrides)
     if out.suffix == ".h5ad" and not (module.data_state or {}).get("genes"):
         raise ValueError(f"--out: {out.name}: .h5ad needs a model of gene expression; {args.checkpoint} is not one")
@@ -143,7 +143,7 @@ def draw(module: DiffusionModule, shape: torch.Size, labels: torch.Tensor | None
         if len(shape) >= 3:
             frames.append(("noise", x_T[:4].detach().cpu().clamp(-1, 1)))
 
-    samples = sample_batches(module, tuple(shape), args.num_samples, labels, args.batch_size, args.seed, args.device,
+    samples = sample_batches(module, tuple(shape), args.num_samples, labels, args.batch_size, args.seed, args.precision,
                              on_first_prior=noise_frame, callback=record, step_progress=True, **overrides)
     return samples, frames
 

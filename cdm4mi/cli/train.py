@@ -6,10 +6,11 @@ import argparse
 import shlex
 from pathlib import Path
 
+from cdm4mi.cli.options import device
 from cdm4mi.config import load_config
 from cdm4mi.evaluation.calibration import calibrate_checkpoint, describe_calibration
-from cdm4mi.termination import Terminated
-from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
+from cdm4mi.termination import Terminated, is_quiet
+from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, device_overrides, fit
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -21,23 +22,45 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         "(e.g. training.max_steps=200 network.base_channels=32 output_dir=runs/try).",
     )
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/toy2d.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/last.ckpt")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
+                        help="continue output_dir's run from its latest checkpoint (last.ckpt, or the hpc_ckpt_<n>.ckpt "
+                             "Lightning saves on SLURM's requeue signal); '--resume auto': continue if there is one, "
+                             "else start (a job that may be requeued)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an output_dir that holds a run (its checkpoints, logs and previews are deleted)")
+    parser.add_argument("--device", type=device, default=None,
+                        help="cpu, cuda (training.devices GPUs), cuda:N (GPU N alone), mps or auto "
+                             "(default: the config's training.accelerator, auto: the GPUs if there are any)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.set_defaults(run=run)
 
 
 def resume_command(args: argparse.Namespace) -> str:
-    """The command line that continues this run from its ``last.ckpt``."""
+    """The command line that continues this run from its latest checkpoint."""
     return shlex.join(["cdm4mi", "train", "--config", args.config, "--resume", *args.overrides])
 
 
+def resume_mode(args: argparse.Namespace) -> bool | str:
+    """``--resume``: True; ``--resume auto``: 'auto'; neither: False. argparse gives ``--resume`` the word after
+    it, which may be the first override (``--resume training.max_steps=900``): it goes back to the overrides."""
+    if args.resume in (True, False, "auto"):
+        return args.resume
+    if "=" not in args.resume:
+        raise ValueError(f"--resume: expected nothing (continue the run) or 'auto' (continue if there is a "
+                         f"checkpoint, else start), got {args.resume!r}")
+    args.overrides.insert(0, args.resume)
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    resume = resume_mode(args)
+    device = [] if args.device is None else device_overrides(args.device)
+    config = load_config(args.config, [*args.overrides, *device])
     try:
-        _, trainer = fit(config, resume=args.resume, overwrite=args.overwrite)
+        _, trainer = fit(config, resume=resume, overwrite=args.overwrite)
     except (Terminated, KeyboardInterrupt) as stop:  # a signal: say how to go on (the CLI prints one line)
+        if is_quiet(stop):  # another DDP rank, which rank 0 speaks for
+            raise
         last = Path(config.output_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
         hint = f"; resume with: {resume_command(args)}" if last.is_file() else ""
         raise type(stop)(f"{str(stop) or 'stopped before training began'}{hint}") from None

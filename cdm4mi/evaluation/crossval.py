@@ -19,16 +19,16 @@ def fold_overrides(overrides: Sequence[str], fold_dir: Path) -> list[str]:
 
 
 def cross_validate(config: str | Path, overrides: Sequence[str], folds: list[Manifest], out: Path, stage: Path,
-                   evaluate: dict, overwrite: bool = False) -> HeldOutResult:
+                   evaluate: dict, overwrite: bool = False, device: str = "cpu") -> HeldOutResult:
     """Train ``config`` (with ``overrides``) on each fold (its manifest and run under ``out/fold<k>``) and score
-    its test patients with ``evaluate_heldout(**evaluate)``; the figures go to ``stage``."""
+    its test patients on ``device`` with ``evaluate_heldout(**evaluate)``; the figures go to ``stage``."""
     pooled = HeldOutResult()
     for k, fold in enumerate(folds):
         fold_dir = out / f"fold{k + 1}"
         save_manifest(fold, fold_dir / "manifest.json", overwrite=overwrite)
         fold_config = load_config(config, fold_overrides(overrides, fold_dir))
         fit(fold_config, overwrite=overwrite and (fold_dir / "run" / CHECKPOINT_DIR / LAST_CHECKPOINT).exists())
-        module = load_module(fold_dir / "run" / CHECKPOINT_DIR / LAST_CHECKPOINT)
+        module = load_module(fold_dir / "run" / CHECKPOINT_DIR / LAST_CHECKPOINT, device=device)
         fold_result = evaluate_heldout(module, fold, "test", figures_dir=stage / "figures", **evaluate)
         pooled.rows += [{**row, "fold": k + 1} for row in fold_result.rows]
         pooled.figures += fold_result.figures

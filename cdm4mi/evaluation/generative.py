@@ -55,14 +55,18 @@ def stack_split(module: DiffusionModule, split: str, limit: int | None = None) -
 
 def evaluate_generation(module: DiffusionModule, out: Path, split: str = "test", num_samples: int | None = None,
                         inception_weights: str | None = None, batch_size: int = 500, seed: int = 0,
-                        device: str = "cpu", overwrite: bool = False) -> GenerationResult:
-    """Sample the model and score it against the ``split``'s real items; write summary.json, CSV, PNGs to ``out``."""
+                        overwrite: bool = False, precision: str = "fp32") -> GenerationResult:
+    """Sample the model (on its device, ``precision`` autocast) and score it against the ``split``'s real items
+    there; write summary.json, CSV, PNGs to ``out``."""
+    device = module.device
     real, labels = stack_split(module, split, num_samples)
     if real.ndim >= 4:  # images: check the Inception file before spending time on sampling
         inception = load_inception(inception_weights, device=device)
-        generated = sample_batches(module, tuple(real.shape[1:]), len(real), labels, batch_size, seed, device, "generating")
+        generated = sample_batches(module, tuple(real.shape[1:]), len(real), labels, batch_size, seed, precision,
+                                   "generating")
         return score_images(generated, real, inception, Path(inception_weights).name, out, device, seed, overwrite)
-    generated = sample_batches(module, tuple(real.shape[1:]), len(real), labels, batch_size, seed, device, "generating")
+    generated = sample_batches(module, tuple(real.shape[1:]), len(real), labels, batch_size, seed, precision,
+                               "generating")
     train, train_labels = stack_split(module, "train")
     return score_vectors(generated, real, labels, train, train_labels, module.data_state, out, seed, overwrite)
 

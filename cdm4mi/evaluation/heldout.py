@@ -18,6 +18,7 @@ from cdm4mi.evaluation.metrics import body_mask, evaluate_patient
 from cdm4mi.evaluation.report import format_patient_table, write_metrics_csv, write_summary_json
 from cdm4mi.evaluation.statistics import summarize
 from cdm4mi.inference.denoise import denoise_scan
+from cdm4mi.inference.predict import predict_patients
 from cdm4mi.io.read import load_scan
 from cdm4mi.training.module import DiffusionModule
 
@@ -25,15 +26,58 @@ METHODS = ("model", "low_dose_input", "gaussian", "nlm")
 
 
 @dataclass
+class PatientScore:
+    """One patient's part of a held-out evaluation: its metric rows and what its figure shows (small, so that
+    the processes of a distributed evaluation can send it to rank 0)."""
+
+    patient_id: str
+    rows: list[dict]
+    t_start: int
+    slice_index: int  # the representative slice, drawn in the figure
+    low_hu: np.ndarray  # [H, W] of that slice: input, model output, target, and the samples' SD (or None)
+    model_hu: np.ndarray
+    target_hu: np.ndarray
+    uncertainty_hu: np.ndarray | None
+
+
+@dataclass
 class HeldOutResult:
     rows: list[dict] = field(default_factory=list)  # one per (patient, slice, method)
     figures: list[Path] = field(default_factory=list)
     warm_starts: dict[str, int] = field(default_factory=dict)  # patient -> t_start used
+    scores: list[PatientScore] = field(default_factory=list)  # per patient, with what its figure shows
 
 
 def representative_slice(target_hu: np.ndarray) -> int:
     """The slice with the most body (tissue above -500 HU): where differences are easiest to see."""
     return int((target_hu > -500).reshape(len(target_hu), -1).sum(axis=1).argmax())
+
+
+@dataclass
+class PatientScorer:
+    """Denoises patient ``index`` of ``patients`` and scores it and the baselines (a ``predict_patients`` task)."""
+
+    manifest: Manifest
+    patients: list
+    window: tuple[float, float] = (-1000.0, 1000.0)
+    use_body_mask: bool = False
+    denoise_options: dict[str, Any] | None = None
+
+    def __call__(self, module: DiffusionModule, index: int) -> PatientScore:
+        entry, manifest = self.patients[index], self.manifest
+        low = load_scan(manifest.input_path(entry))
+        full = load_scan(manifest.target_path(entry))
+        check_pair(low, full, f"{manifest.path}: patient {entry.patient_id}")
+        # The manifest's metadata (dose fraction...) is what the model was trained with for this patient.
+        options = {"metadata": entry.metadata, **(self.denoise_options or {})}
+        denoised = denoise_scan(module, low, progress=False, **options)
+        outputs = {"model": denoised.mean, "low_dose_input": low_dose_input(low.array),
+                   "gaussian": gaussian_filter_baseline(low.array), "nlm": nlm_baseline(low.array)}
+        mask = body_mask(full.array) if self.use_body_mask else None
+        rows = evaluate_patient(entry.patient_id, outputs, full.array, window=self.window, mask=mask)
+        k = representative_slice(full.array)
+        return PatientScore(entry.patient_id, rows, denoised.t_start, k, low.array[k], denoised.mean[k], full.array[k],
+                            None if denoised.std is None else denoised.std[k])
 
 
 def evaluate_heldout(
@@ -45,35 +89,52 @@ def evaluate_heldout(
     figures_dir: Path | None = None,
     denoise_options: dict[str, Any] | None = None,
     progress: bool = True,
-) -> HeldOutResult:
-    """Score the model and the baselines on every patient of ``split`` (per slice, in the HU ``window``)."""
+    processes: dict[str, Any] | None = None,
+) -> HeldOutResult | None:
+    """Score the model and the baselines on every patient of ``split`` (per slice, in the HU ``window``).
+
+    ``processes`` (``predict_patients``'s options: ``device``, ``devices``, ``num_nodes``, ``strategy``,
+    ``prepare``) spreads the patients over processes with Lightning; then only global rank 0 gets the result
+    (and draws the figures), the other processes None."""
     patients = manifest.patients_in(split)
     if not patients:
         raise ValueError(f"--split: the manifest {manifest.path} has no '{split}' patients")
-    result = HeldOutResult()
-    for entry in tqdm(patients, desc=f"evaluating {split}", unit="patient", disable=not progress):
-        low = load_scan(manifest.input_path(entry))
-        full = load_scan(manifest.target_path(entry))
-        check_pair(low, full, f"{manifest.path}: patient {entry.patient_id}")
-        # The manifest's metadata (dose fraction...) is what the model was trained with for this patient.
-        options = {"metadata": entry.metadata, **(denoise_options or {})}
-        denoised = denoise_scan(module, low, progress=False, **options)
-        result.warm_starts[entry.patient_id] = denoised.t_start
-        outputs = {"model": denoised.mean, "low_dose_input": low_dose_input(low.array),
-                   "gaussian": gaussian_filter_baseline(low.array), "nlm": nlm_baseline(low.array)}
-        mask = body_mask(full.array) if use_body_mask else None
-        rows = evaluate_patient(entry.patient_id, outputs, full.array, window=window, mask=mask)
-        result.rows += rows
-        if figures_dir is not None:
-            k = representative_slice(full.array)
-            model_psnr = next(r["psnr"] for r in rows if r["method"] == "model" and r["slice_index"] == k)
-            uncertainty = None if denoised.std is None else denoised.std[k]
-            path = figures_dir / f"{entry.patient_id}_slice{k:03d}.png"
-            psnr_text = "n/a" if model_psnr is None else f"{model_psnr:.2f} dB"
-            title = f"{entry.patient_id} slice {k}: model PSNR {psnr_text} in [{window[0]:g}, {window[1]:g}] HU"
-            result.figures.append(save_slice_comparison(low.array[k], denoised.mean[k], full.array[k], path,
-                                                        uncertainty_hu=uncertainty, title=title, overwrite=True))
+    scorer = PatientScorer(manifest, patients, window, use_body_mask, denoise_options)
+    if processes is None:
+        scores = []
+        # closed (its line ended) before an error propagates, so the error's line stands alone
+        with tqdm(total=len(patients), desc=f"evaluating {split}", unit="patient", disable=not progress) as bar:
+            for index in range(len(patients)):
+                scores.append(scorer(module, index))
+                bar.update()
+    else:
+        run = predict_patients(module, scorer, len(patients), errors=(ValueError, OSError), **processes)
+        scores = run.results()  # the first patient that failed, raised on every process
+        if not run.is_global_zero:
+            return None
+    result = HeldOutResult(scores=scores)
+    for score in scores:
+        result.rows += score.rows
+        result.warm_starts[score.patient_id] = score.t_start
+    if figures_dir is not None:
+        save_figures(result, figures_dir, window)
     return result
+
+
+def save_figures(result: HeldOutResult, figures_dir: Path, window: tuple[float, float]) -> None:
+    """A figure per patient of ``result`` (``save_patient_figure``), listed in ``result.figures``."""
+    result.figures += [save_patient_figure(score, figures_dir, window) for score in result.scores]
+
+
+def save_patient_figure(score: PatientScore, figures_dir: Path, window: tuple[float, float]) -> Path:
+    """``<patient>_slice<k>.png``: input, model output, target and error (and SD) of the representative slice."""
+    k = score.slice_index
+    model_psnr = next(r["psnr"] for r in score.rows if r["method"] == "model" and r["slice_index"] == k)
+    psnr_text = "n/a" if model_psnr is None else f"{model_psnr:.2f} dB"
+    title = f"{score.patient_id} slice {k}: model PSNR {psnr_text} in [{window[0]:g}, {window[1]:g}] HU"
+    return save_slice_comparison(score.low_hu, score.model_hu, score.target_hu,
+                                 figures_dir / f"{score.patient_id}_slice{k:03d}.png",
+                                 uncertainty_hu=score.uncertainty_hu, title=title, overwrite=True)
 
 
 @dataclass

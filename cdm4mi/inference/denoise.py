@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from cdm4mi.data.metadata import encode_metadata, resolve_metadata
 from cdm4mi.data.preprocessing import slab_indices
 from cdm4mi.diffusion import warm_start
+from cdm4mi.inference.runtime import autocast
 from cdm4mi.io.read import Scan, resample_like, resample_to
 from cdm4mi.simulate.noise_estimate import estimate_input_noise
 from cdm4mi.training.module import DiffusionModule
@@ -107,6 +108,7 @@ def denoise_volume(
     metadata: Mapping[str, Any] | None = None,
     dicom_header: Dataset | None = None,
     calibrated: bool = True,
+    precision: str = "fp32",
 ) -> DenoiseResult:
     """Denoise a [D, H, W] volume (HU for CT) with a 2D (slice-batched) or 3D (sliding-window) model.
 
@@ -121,6 +123,9 @@ def denoise_volume(
     With ``sampling.dihedral_draws``, draw k sees the slices turned by the k-th of the 8 in-plane flips and
     90-degree rotations (undone on its output): the mean of the draws is also a geometric self-ensemble.
     ``calibrated=False`` returns the raw spread even for a checkpoint that carries a calibration.
+
+    Runs on the module's device (``cdm4mi.inference.runtime.place``); ``precision`` (fp32, bf16, fp16) is the
+    autocast precision of the network there. Slices go to the device one batch at a time and come back to the CPU.
     """
     if volume.ndim != 3:
         raise ValueError(f"denoise: expected a [D, H, W] volume, got shape {volume.shape}")
@@ -143,18 +148,17 @@ def denoise_volume(
     generator = torch.Generator(device=device).manual_seed(seed)
     sampler = WarmStartSampler(module, steps, eta, t_start, sigma, generator, vector)
     dihedral = bool(module.config.sampling.dihedral_draws)
-    draws = []
+    draws = RunningMoments()  # the mean and spread over draws without keeping them: memory of two volumes
     for k in range(samples):
-        turn = k % 8 if dihedral else 0
-        draw = _run_model(module, sampler, dihedral_turn(units, turn), batch_size, progress, f"sample {k + 1}/{samples}")
-        draws.append(dihedral_turn(draw, turn, inverse=True))
-    stack = torch.stack(draws)
-    mean = np.asarray(normalization.inverse(stack.mean(0).numpy()), dtype=np.float32)
+        with autocast(device, precision):
+            draws.add(_run_model(module, sampler, units, batch_size, progress, f"sample {k + 1}/{samples}",
+                                 turn=k % 8 if dihedral else 0))
+    mean = np.asarray(normalization.inverse(draws.mean.numpy()), dtype=np.float32)
     unit_in_scan = abs(float(normalization.inverse(np.float32(1.0)) - normalization.inverse(np.float32(0.0))))
     calibration = getattr(module, "card", {}).get("uncertainty") if calibrated else None
     std = None
     if samples > 1:
-        std = stack.std(0).numpy() * unit_in_scan
+        std = draws.std().numpy() * unit_in_scan
         if calibration:
             std = calibration["scale"] * (std + calibration["offset"] * sigma * unit_in_scan)
         std = std.astype(np.float32)
@@ -209,20 +213,48 @@ def model_metadata_fields(module: DiffusionModule) -> tuple[str, ...]:
     return module.preprocessing.metadata
 
 
+class RunningMoments:
+    """The mean and the sample standard deviation (``torch.std``'s, n - 1) of tensors added one at a time
+    (Welford's update), in the memory of two of them."""
+
+    def __init__(self):
+        self.count, self.mean, self.squares = 0, None, None
+
+    def add(self, value: torch.Tensor) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean, self.squares = value.clone(), torch.zeros_like(value)
+            return
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.squares += delta * (value - self.mean)
+
+    def std(self) -> torch.Tensor:
+        return (self.squares / max(self.count - 1, 1)).sqrt()
+
+
 def _run_model(module: DiffusionModule, sampler: WarmStartSampler, units: torch.Tensor, batch_size: int,
-               progress: bool, description: str) -> torch.Tensor:
-    preprocessing = module.preprocessing
+               progress: bool, description: str, turn: int = 0) -> torch.Tensor:
+    """One draw over the [D, H, W] volume ``units`` (CPU), seen turned by the ``turn``-th in-plane symmetry and
+    turned back. 2D: slabs are cut and moved to the device one batch at a time (through pinned memory on CUDA, so
+    the copy overlaps the work queued before it); only the [D, H, W] result is kept on the CPU."""
+    preprocessing, device = module.preprocessing, module.device
     if preprocessing.mode == "3d":
-        inferer = SlidingWindowInferer(roi_size=list(preprocessing.window), sw_batch_size=batch_size, overlap=0.25, mode="gaussian",
-                                       progress=progress)
-        return inferer(units[None, None].to(module.device), sampler)[0, 0].cpu()
-    cond = neighbour_stack(units, preprocessing.context)
+        inferer = SlidingWindowInferer(roi_size=list(preprocessing.window), sw_batch_size=batch_size, overlap=0.25,
+                                       mode="gaussian", progress=progress)
+        output = inferer(dihedral_turn(units, turn)[None, None].to(device), sampler)[0, 0].float().cpu()
+        return dihedral_turn(output, turn, inverse=True)
+    slabs = torch.from_numpy(slab_indices(units.shape[0], preprocessing.context))  # [D, 2k+1] slice indices
     multiple = module.backbone.size_multiple  # U-Net: 2^(levels - 1); DiT: its patch size
-    outputs = []
-    for start in tqdm(range(0, len(cond), batch_size), desc=description, unit="batch", disable=not progress):
-        batch, (height, width) = pad_to_multiple(cond[start : start + batch_size].to(module.device), multiple)
-        outputs.append(sampler(batch)[:, 0, :height, :width].cpu())
-    return torch.cat(outputs)
+    output = torch.empty_like(units)
+    for start in tqdm(range(0, len(slabs), batch_size), desc=description, unit="batch", disable=not progress):
+        batch = dihedral_turn(units[slabs[start : start + batch_size]], turn)
+        if device.type == "cuda":
+            batch = batch.pin_memory().to(device, non_blocking=True)
+        batch, (height, width) = pad_to_multiple(batch.to(device), multiple)
+        denoised = sampler(batch)[:, 0, :height, :width].float().cpu()
+        output[start : start + len(denoised)] = dihedral_turn(denoised, turn, inverse=True)
+    return output
 
 
 def denoise_scan(module: DiffusionModule, scan: Scan, **options: Any) -> DenoiseResult:

@@ -10,6 +10,7 @@ keyword and tag only.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 
 from pydicom import config
@@ -33,6 +34,23 @@ def unvalidated() -> Iterator[None]:
         yield
     finally:
         settings.reading_validation_mode, settings.writing_validation_mode = saved
+
+
+@contextlib.contextmanager
+def pydicom_logs_dropped() -> Iterator[None]:
+    """pydicom's log records dropped inside the block. MONAI's ``PydicomReader`` turns the whole header into JSON
+    with strict reading, and pydicom logs each element it cannot convert with its value ("Error while processing
+    tag 00101030: could not convert string to float: '70kg'"); cdm4mi reads the header itself, unvalidated."""
+    logger = logging.getLogger("pydicom")
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def invalid_elements(dataset: Dataset, keywords: Iterable[str] | None = None) -> list[DataElement]:

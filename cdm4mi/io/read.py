@@ -46,7 +46,7 @@ from pydicom.dataset import Dataset
 
 from cdm4mi.io.budget import check_deflated_dicom, check_nifti, check_voxels
 from cdm4mi.io.geometry_tags import orientation_cosines, positive_mm, tag_number, tag_numbers
-from cdm4mi.io.header_values import unvalidated
+from cdm4mi.io.header_values import pydicom_logs_dropped, unvalidated
 from cdm4mi.io.pixel_checks import PIXEL_KEYWORDS, check_image_attributes, check_pixel_data, frame_count
 
 CANONICAL_AXCODES = "SPL"
@@ -325,7 +325,7 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
     check_pixel_data(path, ds)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, pydicom_logs_dropped():
             warnings.simplefilter("always")
             # MONAI cannot build an affine for multi-frame files; _stack_geometry builds it instead.
             warnings.filterwarnings("ignore", message="PydicomReader: ImageOrientationPatient")

@@ -19,9 +19,13 @@ import pydicom
 import pydicom.misc
 import torch
 from monai.data.utils import orientation_ras_lps
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from pydicom.valuerep import format_number_as_ds
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, format_number_as_ds
 
 import cdm4mi
 from cdm4mi.atomic import atomic_output, check_writable
@@ -114,19 +118,21 @@ def write_dicom_series(array_hu: np.ndarray | torch.Tensor, reference: Scan, out
     the outputs of one source study share its remapped StudyInstanceUID and FrameOfReferenceUID, and the
     SourceImageSequence names the source images by their remapped UIDs.
 
-    Copied values that are not valid DICOM are written unchanged and silently; ``carried_header_problems`` says
-    which (without their values).
+    Copied values that are not valid DICOM (a date 1980-02-14, text in a number) are written unchanged and
+    silently; ``carried_header_problems`` says which (without their values). A value that cannot be written
+    unchanged is refused before anything is written (``refuse_unwritable_header``).
 
     Returns ``out_dir``.
 
     Raises:
         ValueError: wrong shape, NaN/Inf, an unsupported modality, a bad description, a scan whose affine
             no longer matches its DICOM source slices, or an ``out_dir`` holding the source series itself
-            (which even ``overwrite=True`` does not replace), or a source marked BurnedInAnnotation YES
-            when de-identifying.
+            (which even ``overwrite=True`` does not replace), a source marked BurnedInAnnotation YES
+            when de-identifying, or a source header element that cannot be copied unchanged.
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
     out_dir = check_writable(out_dir, overwrite, option="out_dir")  # before any work
+    refuse_unwritable_header(reference, str(out_dir))
     if reference.modality not in SOP_CLASSES:
         raise ValueError(f"modality must be one of {sorted(SOP_CLASSES)} to write DICOM, got "
                          f"{reference.modality!r}; load NIfTI input with modality='CT' or 'MR'")
@@ -180,6 +186,43 @@ def carried_header_problems(reference: Scan, deidentifier: Deidentifier | None =
     return fates
 
 
+@unvalidated()
+def refuse_unwritable_header(reference: Scan, where: str) -> None:
+    """Refuse a DICOM source whose header holds an element a derived series copies but cannot write unchanged:
+    pydicom cannot encode its value, or the value is longer than its VR's 16-bit length field holds in the
+    explicit VR transfer syntax the series is written in (pydicom would make it UN: no longer unchanged).
+
+    Raises:
+        ValueError: '<where>: source header element StudyDescription (0008,1030) holds 70,000 bytes, ...',
+            naming the element, never its value.
+    """
+    if reference.dicom_reference is None or reference.modality not in SOP_CLASSES:
+        return
+    source = reference.dicom_reference.header
+    encodings = convert_encodings(source.get("SpecificCharacterSet"))
+    for keyword in _COPIED_TAGS:
+        problem = _unwritable(source[keyword], encodings) if keyword in source else None
+        if problem is not None:
+            tag = source[keyword].tag
+            raise ValueError(f"{where}: source header element {keyword} ({tag.group:04X},{tag.element:04X}) "
+                             f"{problem}, so a derived DICOM series cannot copy it unchanged; write NIfTI instead "
+                             "(an output name ending in .nii.gz)")
+
+
+def _unwritable(element: DataElement, encodings: list[str]) -> str | None:
+    """Why ``element`` cannot be written unchanged in explicit VR little endian; None if it can."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True  # implicit: 32-bit lengths, any size is written
+    try:
+        write_data_element(buffer, element, encodings)
+    except Exception as error:  # pydicom's encoders raise several kinds, and their text may quote the value
+        return f"holds a value pydicom cannot encode as {element.VR} ({type(error).__name__})"
+    size = buffer.tell() - 8  # the implicit VR tag and length come first
+    if element.VR in EXPLICIT_VR_LENGTH_16 and size > 0xFFFF:
+        return f"holds {size:,} bytes, more than a {element.VR} value can (65,535)"
+    return None
+
+
 def _native_stack(volume: np.ndarray, reference: Scan) -> tuple[np.ndarray, np.ndarray]:
     """The volume as the source's stack ``[slice, row, column]``, and that stack's RAS affine."""
     source = reference.dicom_reference
@@ -214,8 +257,8 @@ def _series_dataset(reference: Scan, description: str, slope: float, intercept: 
     modality = reference.modality
     ds = Dataset()
     for keyword in _COPIED_TAGS:
-        if keyword in source:
-            setattr(ds, keyword, copy.deepcopy(source.get(keyword)))
+        if keyword in source:  # the element as read: a value set anew is parsed again ('70kg' as a DS raises)
+            ds[keyword] = copy.deepcopy(source[keyword])
     for keyword, value in {**_REQUIRED_DEFAULTS, **_MODALITY_DEFAULTS[modality]}.items():
         if keyword not in ds:
             setattr(ds, keyword, value)
@@ -226,7 +269,8 @@ def _series_dataset(reference: Scan, description: str, slope: float, intercept: 
     ds.SOPClassUID = SOP_CLASSES[modality]
     ds.Modality = modality
     ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = 1000 + int(source.get("SeriesNumber") or 0)
+    number = source.get("SeriesNumber")  # an IS is an int; text or several values in it are not
+    ds.SeriesNumber = 1000 + (number if isinstance(number, int) else 0)
     ds.SeriesDescription = description
     ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = now.strftime("%H%M%S.%f")

@@ -17,8 +17,9 @@ from cdm4mi.training.module import DiffusionModule
 from cdm4mi.training.safety import load_error
 
 
-def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:
-    """The model of a checkpoint written by ``cdm4mi train``, with its EMA weights, in eval mode.
+def load_module(path: str | Path, device: str | torch.device = "cpu") -> DiffusionModule:
+    """The model of a checkpoint written by ``cdm4mi train``, with its EMA weights, in eval mode, on ``device``
+    (read on the CPU, then moved: every parameter and buffer is on ``device``).
 
     ``module.card`` is what the checkpoint records about the model (``DiffusionModule.model_card``: package
     version, task, modality, normalization, spatial dims, channels); derived from the config for older files.
@@ -29,7 +30,7 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
     if path.stat().st_size == 0:
         raise ValueError(f"--checkpoint: {path} is empty (0 bytes): a copy or save that did not finish")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         raise ValueError(f"--checkpoint: {path} is not a loadable cdm4mi checkpoint: {load_error(error)}") from None
     hyper_parameters = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
@@ -51,7 +52,7 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
     except (ValueError, RuntimeError, TypeError, KeyError) as error:
         raise ValueError(f"--checkpoint: {path} does not fit this cdm4mi ({written_by}): {load_error(error)}") from None
     module.card = {**module.model_card(), **card}
-    return module.eval()
+    return module.to(device).eval()
 
 
 def store_card_entry(path: str | Path, key: str, value: dict) -> None:

@@ -4,6 +4,7 @@ set ``training.strategy``, ``training.devices`` and ``training.num_nodes``; no c
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import lightning as L
@@ -22,7 +23,7 @@ from cdm4mi.training.datamodule import DiffusionDataModule
 from cdm4mi.training.ema import WarmupEMA
 from cdm4mi.training.module import DiffusionModule
 from cdm4mi.training.previews import SamplePreviews
-from cdm4mi.training.safety import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, RandomState
+from cdm4mi.training.safety import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, RandomState, load_error
 from cdm4mi.training.stopping import SigtermStop, fit_until_stopped
 
 
@@ -42,11 +43,19 @@ class FinalCheckpoint(Callback):
             trainer.save_checkpoint(self.path, weights_only=False)
 
 
-def resolve_precision(precision: str) -> str:
+def device_overrides(device: str) -> list[str]:
+    """Config overrides that train on ``device`` (``--device``, resolved: cpu, cuda, cuda:N, mps): ``cuda`` keeps
+    ``training.devices`` (all GPUs for ``auto``), ``cuda:N`` trains on GPU N alone."""
+    kind, _, index = device.partition(":")
+    accelerator = {"cuda": "gpu"}.get(kind, kind)
+    return [f"training.accelerator={accelerator}", *([f"training.devices=[{index}]"] if index else [])]
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """``auto``: bf16 mixed precision on GPUs that support it, fp16 mixed on older GPUs, fp32 on CPU."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -77,13 +86,13 @@ def build_trainer(config: Config) -> L.Trainer:
     # overwrites the curves of the run it continues.
     loggers = [CSVLogger(output_dir, name="logs"), TensorBoardLogger(output_dir, name="tensorboard")]
     return L.Trainer(
-        default_root_dir=output_dir,
+        default_root_dir=checkpoint_dir,  # where Lightning's SLURM auto-requeue saves and finds hpc_ckpt_<n>.ckpt
         max_steps=training.max_steps,
         accelerator=training.accelerator,
         devices=training.devices,
         num_nodes=training.num_nodes,
         strategy=training.strategy,
-        precision=resolve_precision(training.precision),
+        precision=resolve_precision(training.precision, training.accelerator),
         gradient_clip_val=training.gradient_clip_val,
         accumulate_grad_batches=training.accumulate_grad_batches,
         val_check_interval=training.val_every_n_steps,
@@ -149,17 +158,49 @@ def check_output_dir(config: Config, resume: bool) -> None:
         refuse_foreign(output_dir, RUN_OUTPUTS, "output_dir")
 
 
-def fit(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[DiffusionModule, L.Trainer]:
-    """Train as configured; with ``resume`` continue from ``<output_dir>/checkpoints/last.ckpt``; with
+HPC_CHECKPOINT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")  # Lightning's, saved on SLURM's requeue signal
+
+
+def run_checkpoints(output_dir: Path) -> list[Path]:
+    """``checkpoints/last.ckpt`` and the checkpoints Lightning saves when SLURM signals a requeue
+    (``checkpoints/hpc_ckpt_<n>.ckpt``, under ``--signal=SIGUSR1@T``), those that exist."""
+    folder = output_dir / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.name == LAST_CHECKPOINT or HPC_CHECKPOINT.fullmatch(path.name))
+
+
+def resume_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint a resumed run continues from: of ``run_checkpoints``, the one of the latest training step
+    (``last.ckpt`` on a tie: it is written between steps); None if there is none."""
+    steps = {}
+    for path in run_checkpoints(output_dir):
+        try:  # mmap: reads the step, not the weights
+            steps[path] = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        except Exception as error:  # torch raises many types for a bad file; KeyError, TypeError: not a checkpoint
+            raise ValueError(f"--resume: {path} is not a loadable checkpoint: {load_error(error)}") from None
+
+    def recency(path: Path) -> tuple[int, bool, int]:
+        number = HPC_CHECKPOINT.fullmatch(path.name)
+        return steps[path], number is None, int(number[1]) if number else 0
+
+    return max(steps, key=recency, default=None)
+
+
+def fit(config: Config, resume: bool | str = False, overwrite: bool = False) -> tuple[DiffusionModule, L.Trainer]:
+    """Train as configured; with ``resume`` continue from the run's latest checkpoint (``resume_checkpoint``),
+    with ``resume='auto'`` too if there is one and start otherwise (a job that may be requeued); with
     ``overwrite`` start over in an ``output_dir`` that holds a run (deleted once the data have loaded)."""
     L.seed_everything(config.training.seed, workers=True, verbose=False)
     output_dir = Path(config.output_dir)
-    last = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if resume and overwrite:
         raise ValueError("--overwrite: cannot be combined with --resume (continue the run, or start it over)")
-    if resume and not last.is_file():
-        raise ValueError(f"--resume: no checkpoint to resume from at {last}")
-    if not resume and not overwrite and last.exists():
+    checkpoint = resume_checkpoint(output_dir) if resume else None
+    if resume == "auto":
+        resume = checkpoint is not None
+    elif resume and checkpoint is None:
+        raise ValueError(f"--resume: no checkpoint to resume from in {output_dir / CHECKPOINT_DIR}")
+    if not resume and not overwrite and run_checkpoints(output_dir):
         raise ValueError(f"output_dir: {output_dir} already holds a run; pass --resume to continue it, "
                          "--overwrite to start over, or choose another output_dir")
     check_output_dir(config, resume)
@@ -192,7 +233,7 @@ def fit(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[
             temporary.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     try:
         stopper = next(callback for callback in trainer.callbacks if isinstance(callback, SigtermStop))
-        fit_until_stopped(trainer, module, datamodule, str(last) if resume else None, stopper)
+        fit_until_stopped(trainer, module, datamodule, str(checkpoint) if resume else None, stopper)
     finally:
         if trainer.is_global_zero:  # the record keeps only what this run left, so a user's later folder is theirs
             record_written(output_dir, [name for name in RUN_OUTPUTS if os.path.lexists(output_dir / name)], keep=False)

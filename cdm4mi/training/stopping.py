@@ -15,7 +15,8 @@ its ``SIGTERMException`` becomes ``Terminated`` too, and the checkpoints written
 
 Ctrl-C: Lightning catches ``KeyboardInterrupt`` wherever it hits, mid-step, and calls ``sys.exit(1)``. A
 mid-step state cannot be resumed exactly, so no checkpoint is written; the last periodic one is kept.
-``fit_until_stopped`` raises ``KeyboardInterrupt`` again. The CLI reports the two with exit status 143 and 130.
+``fit_until_stopped`` raises ``KeyboardInterrupt`` again. The CLI reports the two with exit status 143 and 130,
+in one line printed by rank 0 alone (``cdm4mi.termination.quiet``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from cdm4mi.termination import Terminated
+from cdm4mi.termination import Terminated, quiet
 
 
 class SigtermStop(Callback):
@@ -88,13 +90,20 @@ def fit_until_stopped(trainer: L.Trainer, module: L.LightningModule, datamodule:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except (SIGTERMException, Terminated):  # SIGTERMException is a SystemExit: exit status 0 if left alone
-        raise Terminated(stopper.outcome()) from None
+        raise as_reported(Terminated(stopper.outcome())) from None
     except SystemExit:
         if trainer.interrupted:  # Lightning's sys.exit(1) after a KeyboardInterrupt
-            raise KeyboardInterrupt(f"no checkpoint is written mid-step; {stopper.outcome()}") from None
+            raise as_reported(KeyboardInterrupt(f"no checkpoint is written mid-step; {stopper.outcome()}")) from None
         raise
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if stopper.received or stopper.stop_step is not None:  # the latter on the ranks the signal did not reach
-        raise Terminated(stopper.outcome())
+        raise as_reported(Terminated(stopper.outcome()))
+
+
+def as_reported(stop: BaseException) -> BaseException:
+    """``stop`` as this process reports it: global rank 0 prints it, every other rank of a DDP run stops quietly.
+    Lightning's ``rank_zero_only.rank`` is read from the launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID)
+    on import, so it is right even before the strategy is set up."""
+    return stop if rank_zero_only.rank == 0 else quiet(stop)

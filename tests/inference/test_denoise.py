@@ -368,3 +368,14 @@ def test_deidentify_writes_no_identity_and_remaps_consistently(checkpoint, input
     assert written[0].FrameOfReferenceUID == written[1].FrameOfReferenceUID
     assert written[0].SeriesInstanceUID != written[1].SeriesInstanceUID
     np.testing.assert_array_equal(written[0].pixel_array, written[1].pixel_array)  # same seed, same pixels
+
+
+def test_running_moments_over_draws_match_the_stacked_mean_and_std():
+    from cdm4mi.inference.denoise import RunningMoments
+
+    draws = torch.randn(7, 3, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 10
+    moments = RunningMoments()
+    for draw in draws:
+        moments.add(draw.clone())
+    torch.testing.assert_close(moments.mean, draws.mean(0))
+    torch.testing.assert_close(moments.std(), draws.std(0))

@@ -23,13 +23,12 @@ import pytest
 import torch
 from bad_inputs import ANATOMICAL, CT_SMALL, dicom
 from bad_inputs_budgets import anatomical_with, billion_laughs, deflated_dicom, gzip_zeros, huge_image, shared_nest
-from cli_runs import TINY_UNET, make_ct_hospital, train_tiny
+from cli_runs import TINY_UNET, tiny_ct_denoiser
 from torch import nn
 
 from cdm4mi.config import MAX_TIMESTEPS, MAX_YAML_NODES, load_config, parse_overrides, read_config_file, validate
 from cdm4mi.io.budget import DEFAULT_MAX_BYTES, DEFAULT_MAX_VOXELS, check_network, max_bytes, max_voxels, short_repr
 from cdm4mi.io.read import load_scan, resample_to
-from cdm4mi.simulate.hospital import HospitalSpec
 
 GIB = 1 << 30
 GROWTH_LIMIT_MB = 200
@@ -220,10 +219,7 @@ print(json.dumps(results))
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A 2D CT denoiser from a one-step ``cdm4mi train`` on phantom patients."""
-    root = tmp_path_factory.mktemp("tiny")
-    manifest, _ = make_ct_hospital(root, HospitalSpec(num_patients=4, shape=(2, 32, 32)))
-    return train_tiny("ldct_2d_concat.yaml", manifest, root / "run", 1, "network.channel_mult=[1]",
-                      "network.attention_levels=[false]")
+    return tiny_ct_denoiser(tmp_path_factory.mktemp("tiny"))[1]
 
 
 @pytest.fixture(scope="module")

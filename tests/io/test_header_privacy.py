@@ -1,8 +1,8 @@
 """No identifier reaches a terminal or a log: header values that are not valid DICOM (a birth date 1980-02-14, a
 PatientSex 'female', an age '45 years') go through simulate and denoise with DICOM output, with and without
 --deidentify, and stdout, stderr, Python warnings and log records hold none of them, nor the file's name, ID or
-UIDs; each such element gets one warning line naming it. A date --deidentify cannot shift stops the run before
-the work, naming the element only.
+UIDs; each such element gets one warning line naming it and is copied unchanged (text in a number too). A date
+--deidentify cannot shift stops the run before the work, naming the element only.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from cli_runs import console_script, make_ct_hospital, train_tiny
+from bad_inputs_attributes import set_to, text_in
+from cli_runs import console_script, tiny_ct_denoiser
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from cdm4mi.cli.main import main
 from cdm4mi.io.deidentify import Deidentifier
 from cdm4mi.io.header_values import describe, invalid_elements, unvalidated
-from cdm4mi.simulate.hospital import HospitalSpec
 
 INVALID = {"PatientBirthDate": "1980-02-14", "PatientSex": "female", "PatientAge": "45 years"}
 NAMED = {"PatientName": "Doe^Jane", "PatientID": "MRN-0042", "AccessionNumber": "ACC-77341"}
@@ -50,10 +50,7 @@ def secrets(ds: Dataset) -> list[str]:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A CT denoiser trained one step on phantom patients: enough to run denoise end to end."""
-    root = tmp_path_factory.mktemp("model")
-    manifest, _ = make_ct_hospital(root, HospitalSpec(num_patients=4, shape=(2, 32, 32)))
-    return train_tiny("ldct_2d_concat.yaml", manifest, root / "run", 1, "network.channel_mult=[1]",
-                      "network.attention_levels=[false]")
+    return tiny_ct_denoiser(tmp_path_factory.mktemp("model"))[1]
 
 
 def source(tmp_path: Path, name: str = "CT_small.dcm", **changes: str) -> tuple[Path, list[str]]:
@@ -93,6 +90,23 @@ def test_simulate_to_dicom_names_invalid_elements_and_shows_no_value(name, modal
     written = pydicom.dcmread(next((tmp_path / "out").iterdir()))
     # A derived series files next to its source: the same patient values, as they were.
     assert [written.get(k) for k in INVALID] == list(INVALID.values())
+
+
+def test_text_in_a_numeric_element_is_copied_unchanged_and_never_shown(tmp_path, capsys, caplog):
+    """A PatientWeight '70kg' (text in a DS) and two SeriesNumber values: the writer copies the first as read (it
+    used to parse it again, after the work, and fail quoting it) and numbers the series 1000."""
+    folder = tmp_path / "input"
+    folder.mkdir()
+    (folder / "0001.dcm").write_bytes(text_in("PatientWeight", "70kg", change=set_to("SeriesNumber", [3, 4]))())
+    status, out, shown = run_quietly(["simulate", "--input", str(folder), "--output", str(tmp_path / "out"),
+                                      "--modality", "ct"], capsys, caplog)
+    assert status == 0, shown
+    assert_private([out, shown], ["70kg"])
+    assert "cdm4mi simulate: warning: input header element PatientWeight (0010,1030) is not a valid DS value; " \
+           "copied unchanged" in shown.splitlines()
+    with unvalidated():
+        written = pydicom.dcmread(next((tmp_path / "out").iterdir()))
+        assert (written.PatientWeight, written.SeriesNumber) == ("70kg", 1000)
 
 
 def test_denoise_to_dicom_with_and_without_deidentify(checkpoint, tmp_path, capsys, caplog):
