@@ -22,15 +22,6 @@ from cdm4mi.atomic import check_writable, record_written, refuse_foreign, remove
 from cdm4mi.cli.options import positive_int, whole_number
 from cdm4mi.cohort.discover import build_manifest, scan_folder
 from cdm4mi.cohort.manifest import load_manifest, save_manifest
-from cdm4mi.config import builtin_config, load_config
-from cdm4mi.evaluation.heldout import evaluate_heldout, write_heldout_report
-from cdm4mi.evaluation.real_slice import denoise_shipped_ct, format_rows
-from cdm4mi.inference.denoise import denoise_scan
-from cdm4mi.io.read import load_scan
-from cdm4mi.io.write import write_volume
-from cdm4mi.simulate.hospital import HospitalSpec, build_phantom_hospital
-from cdm4mi.training.checkpoint import load_module
-from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
 
 WINDOW = (-1000.0, 1000.0)
 DEMO_OUTPUTS = ("hospital", "manifest.json", "run", "evaluation", "denoised", "real_ct")  # what a demo writes
@@ -48,6 +39,16 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cdm4mi.config import builtin_config, load_config
+    from cdm4mi.evaluation.heldout import evaluate_heldout, write_heldout_report
+    from cdm4mi.evaluation.real_slice import denoise_shipped_ct, format_rows
+    from cdm4mi.inference.denoise import denoise_scan
+    from cdm4mi.io.read import load_scan
+    from cdm4mi.io.write import write_volume
+    from cdm4mi.simulate.hospital import HospitalSpec, build_phantom_hospital
+    from cdm4mi.training.checkpoint import load_module
+    from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, fit
+
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         check_writable(out, args.overwrite, option="--out")

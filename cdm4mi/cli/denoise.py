@@ -21,28 +21,17 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
 from cdm4mi.cli.options import add_runtime_options, non_negative_float, non_negative_int, positive_int, timestep_or_auto
 from cdm4mi.data.metadata import FIELDS, parse_value
-from cdm4mi.evaluation.calibration import describe_calibration
-from cdm4mi.inference.checks import check_compatible, check_metadata, check_sampling_options
-from cdm4mi.inference.denoise import (
-    DenoiseResult,
-    denoise_scan,
-    model_normalization,
-)
-from cdm4mi.inference.runtime import load_for_inference
-from cdm4mi.io.deidentify import Deidentifier
+from cdm4mi.io import NIFTI_SUFFIXES
 from cdm4mi.io.pseudonyms import load_or_create_salt
-from cdm4mi.io.read import load_scan
-from cdm4mi.io.write import (
-    NIFTI_SUFFIXES,
-    carried_header_problems,
-    check_replaceable_series,
-    refuse_unwritable_header,
-    write_volume,
-)
+
+if TYPE_CHECKING:  # annotations only: imported by the command as it runs, not for --help
+    from cdm4mi.inference.denoise import DenoiseResult
+    from cdm4mi.io.deidentify import Deidentifier
 
 PRIVATE_FIELDS = ("age_years", "sex")  # used, but their values are never printed
 
@@ -90,6 +79,8 @@ def std_output(output: Path) -> Path:
 def output_paths(inputs: list[Path], output: Path, samples: int, overwrite: bool) -> tuple[Path, Path | None]:
     """The denoised output and, for several samples, the std output; refuses to touch the ``inputs`` (the
     scan, the checkpoint)."""
+    from cdm4mi.io.write import check_replaceable_series
+
     std_path = std_output(output) if samples > 1 else None
     for path in (output, std_path):
         if path is not None:
@@ -122,6 +113,8 @@ def warn_header_problems(command: str, input_path: Path, scan, deidentify: Deide
     """One stderr line per source header element the DICOM output copies though its value is not valid DICOM,
     naming the element, never its value (it may be a birth date or a name); an element it cannot copy unchanged
     is refused here, before the work."""
+    from cdm4mi.io.write import carried_header_problems, refuse_unwritable_header
+
     refuse_unwritable_header(scan, str(input_path))
     try:
         problems = carried_header_problems(scan, deidentify)
@@ -149,6 +142,8 @@ def describe_metadata(result: DenoiseResult) -> str:
 
 def deidentifier(args: argparse.Namespace, input_path: Path, output: Path) -> Deidentifier | None:
     """The de-identifier of ``--deidentify``, keyed by ``--salt-file`` (required, kept apart from the output)."""
+    from cdm4mi.io.deidentify import Deidentifier
+
     if args.salt_file and not args.deidentify:
         raise ValueError("--salt-file: only used with --deidentify")
     if not args.deidentify:
@@ -170,6 +165,12 @@ def deidentifier(args: argparse.Namespace, input_path: Path, output: Path) -> De
 
 def run(args: argparse.Namespace) -> int:
     from cdm4mi.cli.denoise_batch import is_batch, run_batch  # here: it imports this module
+    from cdm4mi.evaluation.calibration import describe_calibration
+    from cdm4mi.inference.checks import check_compatible, check_metadata, check_sampling_options
+    from cdm4mi.inference.denoise import denoise_scan, model_normalization
+    from cdm4mi.inference.runtime import load_for_inference
+    from cdm4mi.io.read import load_scan
+    from cdm4mi.io.write import write_volume
 
     if is_batch(args):  # a manifest or a folder of scans
         return run_batch(args)

@@ -20,16 +20,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cdm4mi.atomic import refuse_output_inside
-from cdm4mi.cli.denoise import deidentifier, output_paths, parse_metadata, std_output
 from cdm4mi.cli.options import add_process_options
 from cdm4mi.cohort.manifest import load_manifest
-from cdm4mi.inference.batch import BatchDenoise, PatientJob, Placement, nifti_name, scans_in_folder
-from cdm4mi.inference.checks import check_denoiser, check_metadata, check_sampling_options
-from cdm4mi.inference.predict import predict_patients
-from cdm4mi.io.write import NIFTI_SUFFIXES
-from cdm4mi.training.checkpoint import load_module
+from cdm4mi.io import NIFTI_SUFFIXES
+
+if TYPE_CHECKING:  # annotations only: imported by the command as it runs, not for --help
+    from cdm4mi.inference.batch import PatientJob
 
 BATCH_OPTIONS = ("devices", "num_nodes", "strategy", "split", "output_format", "skip_existing")
 
@@ -47,6 +46,8 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
 
 def is_batch(args: argparse.Namespace) -> bool:
     """Whether ``--input`` is a manifest or a folder of scans; the batch options are refused for one scan."""
+    from cdm4mi.inference.batch import scans_in_folder
+
     path = Path(args.input)
     batch = (path.is_file() and path.suffix.lower() == ".json") or (path.is_dir() and scans_in_folder(path) is not None)
     given = [name for name in BATCH_OPTIONS if getattr(args, name) not in (None, False)]
@@ -58,6 +59,8 @@ def is_batch(args: argparse.Namespace) -> bool:
 
 def patients(args: argparse.Namespace, output: Path) -> tuple[list[tuple[str, Path, dict]], str | None]:
     """``(name, scan, metadata)`` of every patient of the input, and the manifest's modality (None for a folder)."""
+    from cdm4mi.inference.batch import scans_in_folder
+
     source = Path(args.input)
     if source.is_dir():
         scans, ignored = scans_in_folder(source)
@@ -77,6 +80,9 @@ def patients(args: argparse.Namespace, output: Path) -> tuple[list[tuple[str, Pa
 
 def plan(args: argparse.Namespace, output: Path) -> tuple[list[PatientJob], list[PatientJob], str | None]:
     """The jobs to run and those skipped (``--skip-existing``), every output checked now, before any work."""
+    from cdm4mi.cli.denoise import output_paths, parse_metadata, std_output
+    from cdm4mi.inference.batch import PatientJob, nifti_name
+
     given = parse_metadata(args.metadata)
     named, modality = patients(args, output)
     jobs, skipped, taken = [], [], {}
@@ -102,6 +108,12 @@ def plan(args: argparse.Namespace, output: Path) -> tuple[list[PatientJob], list
 
 
 def run_batch(args: argparse.Namespace) -> int:
+    from cdm4mi.cli.denoise import deidentifier, parse_metadata
+    from cdm4mi.inference.batch import BatchDenoise, Placement
+    from cdm4mi.inference.checks import check_denoiser, check_metadata, check_sampling_options
+    from cdm4mi.inference.predict import predict_patients
+    from cdm4mi.training.checkpoint import load_module
+
     started = time.perf_counter()
     output = Path(args.output)
     if args.series:

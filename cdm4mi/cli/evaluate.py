@@ -21,6 +21,7 @@ import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cdm4mi.atomic import check_writable, refuse_foreign, refuse_output_inside, staged_folder
 from cdm4mi.cli.options import (
@@ -35,15 +36,9 @@ from cdm4mi.cli.options import (
 )
 from cdm4mi.cohort.manifest import load_manifest
 from cdm4mi.cohort.splits import fold_manifests
-from cdm4mi.config import load_config
-from cdm4mi.evaluation.crossval import cross_validate, fold_overrides
-from cdm4mi.evaluation.generative import evaluate_generation
-from cdm4mi.evaluation.heldout import HeldOutResult, evaluate_heldout, save_figures, write_heldout_report
-from cdm4mi.inference.batch import Placement
-from cdm4mi.inference.checks import check_denoiser, check_sampling_options
-from cdm4mi.inference.runtime import load_for_inference
-from cdm4mi.training.checkpoint import load_module
-from cdm4mi.training.run import device_overrides
+
+if TYPE_CHECKING:  # annotations only: imported by the command as it runs, not for --help
+    from cdm4mi.evaluation.heldout import HeldOutResult
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -78,6 +73,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cdm4mi.config import load_config
+    from cdm4mi.evaluation.crossval import cross_validate, fold_overrides
+    from cdm4mi.evaluation.heldout import evaluate_heldout
+    from cdm4mi.inference.checks import check_denoiser, check_sampling_options
+    from cdm4mi.inference.runtime import load_for_inference
+    from cdm4mi.training.run import device_overrides
+
     out = Path(args.out)
     if (out / "metrics.csv").exists():
         check_writable(out / "metrics.csv", args.overwrite, option="--out")
@@ -132,6 +134,11 @@ def run_on_processes(args: argparse.Namespace, out: Path, manifest, window: tupl
                      processes: dict) -> int:
     """``--checkpoint``'s evaluation with its patients spread over processes (``--devices``, srun, torchrun): each
     process denoises and scores its patients, rank 0 gets every score and alone writes the report."""
+    from cdm4mi.evaluation.heldout import evaluate_heldout, save_figures
+    from cdm4mi.inference.batch import Placement
+    from cdm4mi.inference.checks import check_denoiser, check_sampling_options
+    from cdm4mi.training.checkpoint import load_module
+
     module = load_module(args.checkpoint)  # Lightning moves it to each process's device
     check_denoiser(module, args.checkpoint, manifest.modality, f"the manifest {manifest.path}")
     check_sampling_options(module, args.checkpoint, {} if args.steps is None else {"steps": args.steps},
@@ -163,6 +170,8 @@ def removed_on_failure(folders: list[Path]) -> Iterator[None]:
 
 def report(result: HeldOutResult, stage: Path, out: Path, window: tuple[float, float], args: argparse.Namespace) -> int:
     """Write the report into ``stage`` (moved to ``out`` once this returns) and print it with the final paths."""
+    from cdm4mi.evaluation.heldout import write_heldout_report
+
     split_label = args.split if args.folds is None else f"{args.folds}-fold cross-validation"
     written = write_heldout_report(result, stage, window, split_label, args.body_mask, args.seed)
     print(written.table)
@@ -172,6 +181,9 @@ def report(result: HeldOutResult, stage: Path, out: Path, window: tuple[float, f
 
 
 def run_generative(args: argparse.Namespace, out: Path) -> int:
+    from cdm4mi.evaluation.generative import evaluate_generation
+    from cdm4mi.inference.runtime import load_for_inference
+
     if args.checkpoint is None or args.folds is not None:
         raise ValueError("without --manifest, give --checkpoint: a generative model evaluated on its own data set")
     if process_options(args) is not None:

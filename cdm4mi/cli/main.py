@@ -21,8 +21,6 @@ import traceback
 from typing import NoReturn
 
 import yaml
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cdm4mi import __version__
 from cdm4mi.cli import demo, denoise, evaluate, manifest, sample, simulate, train
@@ -30,8 +28,11 @@ from cdm4mi.termination import SIGINT_EXIT_STATUS, SIGTERM_EXIT_STATUS, Terminat
 
 SUBCOMMANDS = (simulate, manifest, train, sample, denoise, evaluate, demo)
 # Errors caused by what the user asked for: reported in one line, exit status 2. (pydantic's
-# ValidationError and json's JSONDecodeError are ValueErrors.)
-USER_ERRORS = (ValueError, OSError, yaml.YAMLError, MisconfigurationException)
+# ValidationError and json's JSONDecodeError are ValueErrors.) Lightning's are named by module and class:
+# Lightning is imported by the commands that use it, never for ``--help`` (``lightning_error``).
+USER_ERRORS = (ValueError, OSError, yaml.YAMLError)
+LIGHTNING_USER_ERRORS = (("lightning.fabric.utilities.exceptions", "MisconfigurationException"),)
+LIGHTNING_SIGTERM = ("lightning.pytorch.utilities.exceptions", "SIGTERMException")
 MESSAGE_LIMIT = 400  # characters: a message quoting a damaged value can be megabytes long
 INPUT_OPTIONS = ("config", "manifest", "input", "root", "checkpoint")
 OUTPUT_OPTIONS = ("output", "out")
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.run(args) or 0)
     except KeyboardInterrupt as stop:
         return stopped(args, "interrupted (SIGINT)", stop, SIGINT_EXIT_STATUS)
-    except (Terminated, SIGTERMException) as stop:  # SIGTERMException: Lightning's, should one escape
+    except Terminated as stop:
+        return stopped(args, "terminated (SIGTERM)", stop, SIGTERM_EXIT_STATUS)
+    except SystemExit as stop:  # Lightning's SIGTERMException is one, should it escape
+        if not lightning_error(stop, LIGHTNING_SIGTERM):
+            raise
         return stopped(args, "terminated (SIGTERM)", stop, SIGTERM_EXIT_STATUS)
     except Exception as error:
         if args.debug:
@@ -120,9 +125,16 @@ def describe(error: Exception, args: argparse.Namespace) -> tuple[int, str]:
                    "that: YAML aliases of aliases); check it, or use a smaller one")
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return 2, f"{one_line(error)}; free space there or write elsewhere ({given(args, OUTPUT_OPTIONS)})"
-    if isinstance(error, USER_ERRORS):
+    if isinstance(error, USER_ERRORS) or lightning_error(error, *LIGHTNING_USER_ERRORS):
         return 2, one_line(error)
     return 1, f"internal error ({type(error).__name__}): {one_line(error)}; rerun with --debug and report it"
+
+
+def lightning_error(error: BaseException, *classes: tuple[str, str]) -> bool:
+    """Whether ``error`` is one of ``classes`` (module, class name); a class whose module was never imported
+    cannot have raised it, so nothing is imported here."""
+    return any(isinstance(error, getattr(sys.modules[module], name)) for module, name in classes
+               if module in sys.modules)
 
 
 def given(args: argparse.Namespace, options: tuple[str, ...]) -> str:

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from cdm4mi.atomic import atomic_output, check_writable, refuse_input_overlap
 from cdm4mi.cli.options import add_runtime_options, non_negative_float, non_negative_int, positive_float, positive_int
-from cdm4mi.data.registry import build_dataset
-from cdm4mi.evaluation.image_figures import pick_frames, save_image_grid, save_process_strip
-from cdm4mi.inference.checks import check_sampling_options
-from cdm4mi.inference.generate import sample_batches
-from cdm4mi.inference.runtime import load_for_inference
-from cdm4mi.training.module import DiffusionModule
-from cdm4mi.training.previews import save_sample_preview
+
+if TYPE_CHECKING:  # annotations only: imported by the command as it runs, not for --help
+    import torch
+
+    from cdm4mi.training.module import DiffusionModule
 
 SUFFIXES = (".npy", ".pt", ".h5ad")
 
@@ -54,6 +50,14 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from cdm4mi.data.registry import build_dataset
+    from cdm4mi.evaluation.image_figures import save_image_grid, save_process_strip
+    from cdm4mi.inference.checks import check_sampling_options
+    from cdm4mi.inference.runtime import load_for_inference
+    from cdm4mi.training.previews import save_sample_preview
+
     for option, path in (("--out", args.out), ("--png", args.png), ("--strip", args.strip)):
         if path:  # a checkpoint named model.pt is a valid --out
             refuse_input_overlap(args.checkpoint, path, option)
@@ -106,6 +110,8 @@ def resolve_class_names(module: DiffusionModule, reference_set) -> list[str] | N
 def sample_labels(classes: str | None, class_names: list[str] | None, count: int, example_cond: object,
                   checkpoint: str) -> torch.Tensor | None:
     """Labels [count] for the asked classes, in equal blocks; None for an unconditional draw."""
+    import torch
+
     if example_cond is not None and not (isinstance(example_cond, dict) and set(example_cond) == {"label"}):
         raise ValueError(f"--checkpoint: {checkpoint} is conditioned on images or metadata; use cdm4mi denoise")
     if classes is None:
@@ -130,6 +136,10 @@ def sample_labels(classes: str | None, class_names: list[str] | None, count: int
 def draw(module: DiffusionModule, shape: torch.Size, labels: torch.Tensor | None, args: argparse.Namespace,
          overrides: dict) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
     """Samples in batches; the first batch's first rows are recorded along the way for the process strip."""
+
+    from cdm4mi.evaluation.image_figures import pick_frames
+    from cdm4mi.inference.generate import sample_batches
+
     steps = overrides.get("steps", module.config.sampling.steps)
     recorded = set(pick_frames(steps, count=8))
     frames: list[tuple[str, torch.Tensor]] = []
@@ -150,6 +160,9 @@ def draw(module: DiffusionModule, shape: torch.Size, labels: torch.Tensor | None
 
 def write_samples(samples: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
                   module: DiffusionModule, out: Path, overwrite: bool) -> None:
+    import numpy as np
+    import torch
+
     with atomic_output(out, overwrite) as temporary:
         if out.suffix == ".npy":
             with open(temporary, "wb") as handle:

@@ -24,13 +24,9 @@ import math
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
-from cdm4mi.cli.denoise import warn_header_problems
 from cdm4mi.cli.options import fraction, non_negative_float, non_negative_int, positive_float
 from cdm4mi.data.metadata import dicom_metadata
-from cdm4mi.io.read import load_scan
-from cdm4mi.io.write import NIFTI_SUFFIXES, check_replaceable_series, write_volume
-from cdm4mi.simulate.ct_dose import MIN_OWN_NOISE_HU, simulate_low_dose_ct, simulate_relative_dose
-from cdm4mi.simulate.mri_noise import add_rician_noise
+from cdm4mi.io import NIFTI_SUFFIXES
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -55,6 +51,12 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cdm4mi.cli.denoise import warn_header_problems
+    from cdm4mi.io.read import load_scan
+    from cdm4mi.io.write import check_replaceable_series, write_volume
+    from cdm4mi.simulate.ct_dose import simulate_low_dose_ct, simulate_relative_dose
+    from cdm4mi.simulate.mri_noise import add_rician_noise
+
     input_path, output = Path(args.input), Path(args.output)
     refuse_input_overlap(input_path, output)
     check_writable(output, args.overwrite, option="--output")
@@ -95,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 def calibration_line(info: dict) -> str:
     """What ``simulate_relative_dose`` did, in one line."""
+    from cdm4mi.simulate.ct_dose import MIN_OWN_NOISE_HU
+
     dose = f"{info['added_noise_hu']:.1f} HU inserted in soft tissue at {info['dose_fraction']:.0%} dose"
     own = info["own_noise_hu"]
     if info["calibrated"]:

@@ -7,10 +7,7 @@ import shlex
 from pathlib import Path
 
 from cdm4mi.cli.options import device
-from cdm4mi.config import load_config
-from cdm4mi.evaluation.calibration import calibrate_checkpoint, describe_calibration
 from cdm4mi.termination import Terminated, is_quiet
-from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, device_overrides, fit
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -53,6 +50,10 @@ def resume_mode(args: argparse.Namespace) -> bool | str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cdm4mi.config import load_config  # torch, Lightning: imported by the command, not for --help
+    from cdm4mi.evaluation.calibration import calibrate_checkpoint, describe_calibration
+    from cdm4mi.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, device_overrides, fit
+
     resume = resume_mode(args)
     device = [] if args.device is None else device_overrides(args.device)
     config = load_config(args.config, [*args.overrides, *device])

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -18,11 +19,14 @@ from tqdm.auto import tqdm
 
 from cdm4mi.cohort.manifest import Manifest, PatientEntry, parse_dose_fraction, parse_modality
 from cdm4mi.cohort.splits import DEFAULT_FRACTIONS, SPLITS, split_patients
-from cdm4mi.io.budget import check_deflated_dicom
 from cdm4mi.io.header_values import unvalidated
 from cdm4mi.io.pseudonyms import pseudonymize
-from cdm4mi.io.read import Scan, is_dicom_file, load_scan
 
+if TYPE_CHECKING:
+    from cdm4mi.io.read import Scan
+
+# cdm4mi.io.read and io.budget (MONAI, torch) are imported by the functions that read scans: the CLI's parser
+# imports this module for its constants, and --help must not wait for torch.
 LAYOUTS = ("auto", "nifti", "dicom")
 DEFAULT_INPUT_KEYWORDS = ("low", "quarter", "ld")
 DEFAULT_TARGET_KEYWORDS = ("full", "normal", "fd")
@@ -136,6 +140,8 @@ def scan_folder(root: str | Path, layout: str = "auto", input_keywords: Sequence
 def _loadable_pairs(root: Path, pairs: list[FoundPair], stop_at_first: bool) -> tuple[list[FoundPair], list[str]]:
     """The pairs whose scans load and share a voxel grid (each read once, then dropped), and a problem line
     for each other one (or only the first), with the patient's identifiers masked."""
+    from cdm4mi.io.read import load_scan
+
     usable, problems = [], []
     for pair in tqdm(pairs, desc="reading pairs", unit="patient", leave=False, disable=None):  # bar on terminals
         if problems and stop_at_first:
@@ -265,6 +271,9 @@ def _scan_dicom(root: Path, input_words: list[tuple[str, ...]], target_words: li
 @unvalidated()  # pydicom's validation warnings would quote PatientID and PatientName
 def _dicom_series(root: Path) -> dict[str, _Series]:
     """SeriesInstanceUID -> its folder and tags, from the headers of every DICOM image file under ``root``."""
+    from cdm4mi.io.budget import check_deflated_dicom
+    from cdm4mi.io.read import is_dicom_file
+
     series: dict[str, _Series] = {}
     folders: dict[Path, set[str]] = {}
     for path in _files_under(root):

@@ -32,12 +32,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from cdm4mi.cohort.manifest import parse_dose_fraction
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 FIELDS = ("dose_fraction", "noise_level", "kvp", "slice_thickness_mm", "exposure_mas", "age_years", "sex")
 SOURCES = ("given", "tag", "estimated", "missing")

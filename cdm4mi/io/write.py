@@ -29,6 +29,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, format_number_as_ds
 
 import cdm4mi
 from cdm4mi.atomic import atomic_output, check_writable
+from cdm4mi.io import NIFTI_SUFFIXES
 from cdm4mi.io.deidentify import Deidentifier
 from cdm4mi.io.header_values import describe, invalid_elements, unvalidated
 from cdm4mi.io.read import Scan, reorient
@@ -382,9 +383,6 @@ def _foreign_files(folder: Path) -> list[str]:
 def _ds(values: np.ndarray | list[float]) -> list[str]:
     """Numbers as DICOM DS strings (at most 16 characters each)."""
     return [format_number_as_ds(float(v)) for v in values]
-
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def write_volume(array: np.ndarray | torch.Tensor, reference: Scan, path: str | Path, description: str,

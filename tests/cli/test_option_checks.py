@@ -9,6 +9,9 @@ block; ``main`` returns 2 where argparse would exit, 0 for --help and --version)
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from bad_inputs_options import option_cases
@@ -78,3 +81,17 @@ def test_good_values_pass_the_checks(line):
     assert {key: getattr(args, key) for key in GOOD[line]} == GOOD[line]
     if "auto" in line.split("--device")[-1]:
         assert args.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+HEAVY = ("torch", "monai", "lightning", "scipy", "nibabel", "SimpleITK", "matplotlib", "skimage", "pandas")
+
+
+@pytest.mark.parametrize("command", ["", "simulate", "manifest", "train", "sample", "denoise", "evaluate", "demo"])
+def test_help_imports_no_heavy_library(command):
+    """``cdm4mi [COMMAND] --help`` answers without importing torch, MONAI or Lightning (each command imports them
+    as it runs): the README's under-a-second help. Checked by the modules loaded, not by a timing."""
+    script = ("import sys\nfrom cdm4mi.cli.main import main\n"
+              f"status = main({[*command.split(), '--help']!r})\n"
+              f"print(status, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "0 []"

@@ -61,7 +61,7 @@ def run_raising(monkeypatch, capsys, error: BaseException, *options: str) -> tup
     def load_config(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("cdm4mi.cli.train.load_config", load_config)
+    monkeypatch.setattr("cdm4mi.config.load_config", load_config)  # imported by the command as it runs
     status = main(["train", *options, "--config", "run.yaml"])
     return status, capsys.readouterr().err.splitlines()
 
