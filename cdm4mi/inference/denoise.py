@@ -1,11 +1,7 @@
-"""Denoise a whole scan with a trained conditional model, warm-started at the input's noise level.
-
-The low-dose input ``y`` (model units) is ``x0 + n`` with noise std ``sigma``. Scaled by
-``sqrt(abar_t)`` it is distributed like the forward-process state ``x_t`` of the clean image when
-``(1 - abar_t) / abar_t = sigma^2``, so sampling can start at that ``t`` instead of at pure noise
-(few steps, no hallucinated structure from the prior). A later ``t_start`` is topped up with fresh
-noise of variance ``(1 - abar)/abar - sigma^2``; that is also how ``samples > 1`` draws differ
-(the per-voxel std over draws is the uncertainty map).
+"""Denoise a whole scan with a trained conditional model, warm-started at the input's noise level
+(``cdm4mi.training.warm_start``: the scaled low-dose input is the forward-process state of the clean image at
+the timestep matching its noise). A later ``t_start`` is topped up with fresh noise; that is also how
+``samples > 1`` draws differ (the per-voxel std over draws is the uncertainty map).
 
 A model trained with ``data.metadata`` gets the metadata vector of the input scan with every batch,
 ``cond = {"image": ..., "vector": ...}``: values given to ``denoise_volume`` (``--metadata``) first, then
@@ -28,11 +24,11 @@ from tqdm.auto import tqdm
 
 from cdm4mi.data.metadata import encode_metadata, resolve_metadata
 from cdm4mi.data.preprocessing import slab_indices
-from cdm4mi.diffusion import warm_start
 from cdm4mi.inference.runtime import autocast
 from cdm4mi.io.read import Scan, resample_like, resample_to
 from cdm4mi.simulate.noise_estimate import estimate_input_noise
 from cdm4mi.training.module import DiffusionModule
+from cdm4mi.training.warm_start import WarmStartSampler, warm_start_timestep
 
 
 @dataclass
@@ -63,34 +59,6 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, 
     height, width = images.shape[-2:]
     pad_h, pad_w = -height % multiple, -width % multiple
     return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate"), (height, width)
-
-
-class WarmStartSampler:
-    """Maps conditioning images (model units) to denoised samples with one trained model.
-
-    ``vector`` (``[vector_dim]``, the scan's encoded metadata) is added to the condition of every batch,
-    so callers that pass image batches only (slice batches, MONAI's sliding-window inferer) need not.
-    """
-
-    def __init__(self, module: DiffusionModule, steps: int | None, eta: float | None, t_start: int,
-                 input_noise_std: float, generator: torch.Generator, vector: torch.Tensor | None = None):
-        self.module, self.t_start, self.generator, self.vector = module, t_start, generator, vector
-        self.overrides: dict[str, Any] = {"steps": min(steps or module.config.sampling.steps, t_start + 1)}
-        if eta is not None:
-            self.overrides["eta"] = eta
-        alpha_bar = float(module.schedule.alpha_bar(torch.tensor(t_start)))
-        self.top_up_std = max((1 - alpha_bar) / alpha_bar - input_noise_std**2, 0.0) ** 0.5
-
-    def __call__(self, cond: torch.Tensor) -> torch.Tensor:
-        context = cond.shape[1] // 2
-        noisy = cond[:, context : context + 1]  # the slice itself (the centre channel for 2.5D)
-        if self.top_up_std > 0:
-            noise = torch.randn(noisy.shape, generator=self.generator, device=self.generator.device).to(noisy)
-            noisy = noisy + self.top_up_std * noise
-        x_t = warm_start(self.module.schedule, noisy, self.t_start)
-        if self.vector is not None:
-            cond = {"image": cond, "vector": self.vector.to(cond).expand(cond.shape[0], -1)}
-        return self.module.sample(x_t, cond, t_start=self.t_start, generator=self.generator, **self.overrides)
 
 
 @torch.no_grad()
@@ -140,9 +108,7 @@ def denoise_volume(
     vector = torch.from_numpy(encode_metadata(fields, values)).to(device) if fields else None
     limit = module.objective.max_train_timestep
     if t_start is None:
-        factor = module.config.sampling.warm_start_factor
-        t_start = module.schedule.timestep_for_noise_std(sigma * max(factor, 2**0.5 if samples > 1 else 1.0))
-        t_start = t_start if limit is None else min(t_start, limit)
+        t_start = warm_start_timestep(module, sigma, floor=2**0.5 if samples > 1 else 1.0)
     elif limit is not None and t_start > limit:
         raise ValueError(f"--t-start: {t_start} lies beyond the timesteps this model was trained on (<= {limit})")
     generator = torch.Generator(device=device).manual_seed(seed)

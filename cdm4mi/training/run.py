@@ -23,8 +23,16 @@ from cdm4mi.training.datamodule import DiffusionDataModule
 from cdm4mi.training.ema import WarmupEMA
 from cdm4mi.training.module import DiffusionModule
 from cdm4mi.training.previews import SamplePreviews
-from cdm4mi.training.safety import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, RandomState, load_error
+from cdm4mi.training.safety import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    AtomicCheckpointIO,
+    RandomState,
+    load_error,
+)
 from cdm4mi.training.stopping import SigtermStop, fit_until_stopped
+from cdm4mi.training.validation import MONITOR, DenoisingValidation
 
 
 class FinalCheckpoint(Callback):
@@ -60,7 +68,9 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     return "32-true"
 
 
-def build_trainer(config: Config) -> L.Trainer:
+def build_trainer(config: Config, denoiser: bool = False) -> L.Trainer:
+    """The Lightning trainer of ``config``; a ``denoiser`` (a scan model) also scores its validation slices as
+    ``cdm4mi denoise`` denoises them and keeps ``best.ckpt`` by that PSNR (``cdm4mi.training.validation``)."""
     training = config.training
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
@@ -82,6 +92,11 @@ def build_trainer(config: Config) -> L.Trainer:
             save_last=True,
         ),
     ]
+    if denoiser and training.val_batches > 0:
+        callbacks += [DenoisingValidation(training.seed),
+                      ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT.removesuffix(".ckpt"),
+                                      monitor=MONITOR, mode="max", save_top_k=1, auto_insert_metric_name=False,
+                                      enable_version_counter=False)]
     # Versioned log folders (logs/version_0, version_1 after a resume, ...): a resumed run never
     # overwrites the curves of the run it continues.
     loggers = [CSVLogger(output_dir, name="logs"), TensorBoardLogger(output_dir, name="tensorboard")]
@@ -213,7 +228,7 @@ def fit(config: Config, resume: bool | str = False, overwrite: bool = False) -> 
     check_network_fits_data(config, datamodule.train_set)
     module = DiffusionModule(config.model_dump(mode="json"), datamodule.data_state())
     try:
-        trainer = build_trainer(config)
+        trainer = build_trainer(config, denoiser=module.task == "denoise")
     except (MisconfigurationException, ImportError, ValueError, TypeError) as error:  # what Lightning raises for them
         training = config.training
         options = (f"training.accelerator={training.accelerator} devices={training.devices} "

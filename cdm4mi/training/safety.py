@@ -23,6 +23,7 @@ from cdm4mi.atomic import atomic_output
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"  # a denoiser's checkpoint of the best validation PSNR (cdm4mi.training.validation)
 
 
 class NonFiniteTraining(ValueError):
