@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/cdm4mi demo --out demo_out --overwrite
+	$(BIN)/cdm4mi demo --output demo_out --overwrite
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

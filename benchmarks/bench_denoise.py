@@ -1,19 +1,25 @@
 """Time whole-scan denoising: cdm4mi's warm-started DDIM against MONAI's DiffusionInferer from pure noise.
 
-ours:  ``denoise_volume`` with a ``DiffusionModule`` built from ``--config`` (configs/ldct_2d_concat.yaml): warm start
-       at the timestep matching 40 HU of noise, the config's DDIM steps, slices in batches of ``--batch-size``.
+ours:  ``denoise_volume`` with a ``DiffusionModule`` built from ``--config`` (the recommended configs/ldct_2d.yaml):
+       warm start at the timestep matching 40 HU of noise, the config's DDIM steps, slices in batches of
+       ``--batch-size``; a model that takes metadata (``data.metadata: [noise_level]``) gets the estimated noise
+       level, as ``cdm4mi denoise`` does.
+compare: with ``--compare-set KEY=VALUE ...``, a second design of ours (e.g. ``network.pixel_unshuffle=1``, the
+       slower full-resolution U-Net) timed in the same run, alternating with the others.
 MONAI: ``DiffusionInferer.sample(noise, net, DDIMScheduler(1000), conditioning=slices, mode="concat")`` with a
        ``DiffusionModelUNet`` of the same design (widths, residual blocks, attention levels, head channels, norm
-       groups; the low-dose slice concatenated on the channels), from pure noise as MONAI's tutorials do, with
-       as many DDIM steps as ours and with ``--peer-steps`` (50; estimated from the measured per-step time
-       unless ``--measure-peer-steps``).
-Both networks have untrained weights: random init, and every all-zero parameter (output conv, the last conv
-of each residual branch, attention output, norm biases) perturbed so every branch does real work. The times are
-those of trained models; the images are not. Also times one network forward (batch 1), the cost of a step.
+       groups; the low-dose slice concatenated on the channels; full resolution: MONAI has no pixel-unshuffle
+       stem), from pure noise as MONAI's tutorials do, with as many DDIM steps as ours and with ``--peer-steps``
+       (50; estimated from the measured per-step time unless ``--measure-peer-steps``).
+The networks have untrained weights: random init, and every all-zero parameter (output conv, the last conv
+of each residual branch, attention output, norm biases, AdaLN projections) perturbed so every branch does real
+work. The times are those of trained models; the images are not. Also times one network forward (batch 1), the
+cost of a step.
 
-    python benchmarks/bench_denoise.py --device cpu                 # < 5 min on 2 CPU cores
+    python benchmarks/bench_denoise.py                              # < 2 min on 2 CPU cores
+    python benchmarks/bench_denoise.py --repeats 3 --compare-set network.pixel_unshuffle=1   # old vs new design
     python benchmarks/bench_denoise.py --slices 16 --batch-size 8 --device cuda --measure-peer-steps
-    python benchmarks/bench_denoise.py --set network.attention_levels=[false,false,false]   # design what-ifs
+    python benchmarks/bench_denoise.py --set network.attention_levels=[false,false,false,false]   # design what-ifs
 """
 
 from __future__ import annotations
@@ -144,6 +150,32 @@ def profile_forward(networks: dict[str, Callable[[torch.Tensor], object]], size:
         print(prof.key_averages().table(sort_by=sort, row_limit=10, max_name_column_width=48))
 
 
+class Ours:
+    """One design of ours to time: the module, its warm start and the functions the cases call."""
+
+    def __init__(self, module: DiffusionModule, device: torch.device, batch: int):
+        self.module, self.device, self.batch = module, device, batch
+        normalization = model_normalization(module)
+        noise_units = float(np.diff(normalization.forward(np.array([0.0, NOISE_HU], dtype=np.float32)))[0])
+        self.t_start = module.schedule.timestep_for_noise_std(noise_units)
+        self.steps = min(module.config.sampling.steps, self.t_start + 1)  # as denoise_volume caps them
+        self.vector_dim = module.backbone.condition.vector_dim  # metadata (noise_level): a placeholder vector
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        cond = inputs[:, 1:]
+        if self.vector_dim:
+            cond = {"image": cond, "vector": torch.ones(len(inputs), self.vector_dim, device=self.device)}
+        return self.module.backbone(inputs[:, :1], torch.full((len(inputs),), self.t_start, device=self.device), cond)
+
+    def denoise(self, hu: np.ndarray) -> None:
+        denoise_volume(self.module, hu, t_start=self.t_start, batch_size=self.batch, progress=False)
+
+    def describe(self) -> str:
+        return (f"warm start t_start={self.t_start} ({NOISE_HU:.0f} HU), {self.steps} DDIM steps "
+                f"({self.module.config.sampling.timestep_spacing}), "
+                f"{sum(p.numel() for p in self.module.backbone.parameters()):,} parameters")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -154,8 +186,11 @@ def main() -> None:
     parser.add_argument("--peer-steps", type=int, default=50, help="MONAI's usual number of DDIM steps")
     parser.add_argument("--measure-peer-steps", action="store_true",
                         help="run MONAI at --peer-steps instead of estimating it from its per-step time")
-    parser.add_argument("--config", default=str(builtin_config("ldct_2d_concat.yaml")))
+    parser.add_argument("--config", default=str(builtin_config("ldct_2d.yaml")))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (both networks)")
+    parser.add_argument("--compare-set", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="time a second design of ours in the same run (the config with --set, then these "
+                             "overrides), alternating with the others: e.g. network.pixel_unshuffle=1")
     parser.add_argument("--monai-flash", action="store_true", help="MONAI use_flash_attention=True (SDPA, as ours)")
     parser.add_argument("--channels-last", action="store_true", help="both networks in channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile both networks (warm-up compiles)")
@@ -173,23 +208,26 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    module = build_ours(args.config, args.set)
-    peer = build_peer(module, args.monai_flash)
-    multiple = module.backbone.size_multiple
+    size, batch = args.size, min(args.batch_size, args.slices)
+    designs = {"ours": args.set} | ({"compare": [*args.set, *args.compare_set]} if args.compare_set else {})
+    modules = {label: build_ours(args.config, overrides) for label, overrides in designs.items()}
+    peer = build_peer(modules["ours"], args.monai_flash)
+    multiple = max(module.backbone.size_multiple for module in modules.values())
     if args.size % multiple:
         parser.error(f"--size must be a multiple of {multiple} (one pixel per level)")
-    module.to(device)
     peer.to(device)
+    for module in modules.values():
+        module.to(device)
     if args.channels_last:
-        module.to(memory_format=torch.channels_last)
         peer.to(memory_format=torch.channels_last)
+        for module in modules.values():
+            module.to(memory_format=torch.channels_last)
     if args.compile:
-        module.backbone = torch.compile(module.backbone, dynamic=False)
         peer = torch.compile(peer, dynamic=False)
-    normalization = model_normalization(module)
-    noise_units = float(np.diff(normalization.forward(np.array([0.0, NOISE_HU], dtype=np.float32)))[0])
-    t_start = module.schedule.timestep_for_noise_std(noise_units)
-    steps = min(module.config.sampling.steps, t_start + 1)  # as denoise_volume caps them
+        for module in modules.values():
+            module.backbone = torch.compile(module.backbone, dynamic=False)
+    ours = {label: Ours(module, device, batch) for label, module in modules.items()}
+    t_start, steps = ours["ours"].t_start, ours["ours"].steps
 
     load_before = os.getloadavg()
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
@@ -202,20 +240,17 @@ def main() -> None:
              if getattr(args, flag.replace("-", "_"))]
     print(f"config {' '.join([os.path.relpath(args.config), *args.set])}; untrained random weights (timing only); "
           f"flags: {' '.join(flags) or 'none'}")
-    print(f"ours: warm start t_start={t_start} ({NOISE_HU:.0f} HU), {steps} DDIM steps "
-          f"({module.config.sampling.timestep_spacing}); MONAI: pure noise, DDIMScheduler(1000), {steps} and "
-          f"{args.peer_steps} steps; parameters ours {sum(p.numel() for p in module.backbone.parameters()):,}, "
-          f"MONAI {sum(p.numel() for p in peer.parameters()):,}")
+    for label, design in ours.items():
+        extra = f" (+ {' '.join(args.compare_set)})" if label == "compare" else ""
+        print(f"{label}{extra}: {design.describe()}")
+    print(f"MONAI: pure noise, DDIMScheduler(1000), {steps} and {args.peer_steps} steps, full resolution, "
+          f"{sum(p.numel() for p in peer.parameters()):,} parameters")
 
-    size, batch = args.size, min(args.batch_size, args.slices)
     small = 8 * multiple  # warm-up image side: exercises every kernel without a second full-size run
     rng = np.random.default_rng(0)
     volume = make_ct_phantom((args.slices, size, size), seed=0)
     volume = volume + rng.normal(0, NOISE_HU, volume.shape).astype(np.float32)
-    units = torch.as_tensor(normalization.forward(volume))
-
-    def ours_forward(inputs: torch.Tensor) -> torch.Tensor:
-        return module.backbone(inputs[:, :1], torch.full((len(inputs),), t_start, device=device), inputs[:, 1:])
+    units = torch.as_tensor(model_normalization(modules["ours"]).forward(volume))
 
     def peer_forward(inputs: torch.Tensor) -> torch.Tensor:
         return peer(inputs, timesteps=torch.full((len(inputs),), t_start, device=device))
@@ -232,10 +267,10 @@ def main() -> None:
 
         return step
 
-    def ours_denoise(hu: np.ndarray) -> Callable[[], None]:
+    def ours_denoise(design: Ours, hu: np.ndarray) -> Callable[[], None]:
         def step() -> None:
             with autocast():
-                denoise_volume(module, hu, t_start=t_start, batch_size=batch, progress=False)
+                design.denoise(hu)
 
         return step
 
@@ -251,35 +286,45 @@ def main() -> None:
 
     if args.profile:
         with autocast():
-            profile_forward({"ours": ours_forward, "MONAI": peer_forward}, size, device)
+            profile_forward({label: design.forward for label, design in ours.items()} | {"MONAI": peer_forward},
+                            size, device)
         return
 
     volume_case = f"denoise {args.slices}x{size}x{size}"
     volume_key = f"{volume_case}, {steps} steps"
     cases = {
         f"forward b1 {size}x{size}": {
-            "ours": measured(forward_step(ours_forward, size), forward_step(ours_forward, small)),
-            "MONAI": measured(forward_step(peer_forward, size), forward_step(peer_forward, small))},
+            label: measured(forward_step(design.forward, size), forward_step(design.forward, small))
+            for label, design in ours.items()}
+        | {"MONAI": measured(forward_step(peer_forward, size), forward_step(peer_forward, small))},
         volume_key: {
-            "ours": measured(ours_denoise(volume), ours_denoise(volume[:1, :small, :small])),
-            "MONAI": measured(peer_denoise(units, steps), peer_denoise(units[:1, :small, :small], steps))},
+            label: measured(ours_denoise(design, volume), ours_denoise(design, volume[:1, :small, :small]))
+            for label, design in ours.items()}
+        | {"MONAI": measured(peer_denoise(units, steps), peer_denoise(units[:1, :small, :small], steps))},
     }
     if args.measure_peer_steps:
         cases[f"{volume_case}, MONAI {args.peer_steps} st."] = {
             "MONAI": measured(peer_denoise(units, args.peer_steps), peer_denoise(units[:1, :small, :small], 1))}
 
     memory = "peak +MiB" if device.type == "cuda" else "peak RSS +MiB"
-    print(f"{'case':<40} {'ours s':>8} {'MONAI s':>8} {'MONAI/ours':>10}   {memory}: ours, MONAI")
+    compare = "compare" in ours
+    header = f"{'case':<40} {'ours s':>8}" + (f" {'compare s':>9}" if compare else "")
+    print(f"{header} {'MONAI s':>8} {'MONAI/ours':>10}" + (f" {'compare/ours':>12}" if compare else "")
+          + f"   {memory}: {', '.join([*ours, 'MONAI'])}")
     results = {}
     for case, steps_by_label in cases.items():
         timed = time_case(steps_by_label, args.repeats, device)
         results[case] = {label: (seconds, cuda_mib if device.type == "cuda" else steps_by_label[label].peak_mib)
                          for label, (seconds, cuda_mib) in timed.items()}
         # The MONAI-only case (--measure-peer-steps) compares with ours at its own steps.
-        ours_s, ours_mib = results[case]["ours"] if "ours" in results[case] else results[volume_key]["ours"]
-        monai_s, monai_mib = results[case]["MONAI"]
-        mib = " ".join(f"{value:>7.0f}" if value is not None else f"{'-':>7}" for value in (ours_mib, monai_mib))
-        print(f"{case:<40} {ours_s:>8.2f} {monai_s:>8.2f} {monai_s / ours_s:>10.1f}   {mib}", flush=True)
+        row = results[case] if "ours" in results[case] else {**results[volume_key], "MONAI": results[case]["MONAI"]}
+        ours_s, monai_s = row["ours"][0], row["MONAI"][0]
+        line = f"{case:<40} {ours_s:>8.2f}" + (f" {row['compare'][0]:>9.2f}" if compare else "")
+        line += f" {monai_s:>8.2f} {monai_s / ours_s:>10.1f}" + (f" {row['compare'][0] / ours_s:>12.1f}"
+                                                                  if compare else "")
+        mib = " ".join(f"{value:>7.0f}" if value is not None else f"{'-':>7}"
+                       for value in (row[label][1] for label in [*ours, "MONAI"]))
+        print(f"{line}   {mib}", flush=True)
 
     ours_volume_s, _ = results[volume_key]["ours"]
     monai_volume_s, _ = results[volume_key]["MONAI"]
@@ -293,6 +338,9 @@ def main() -> None:
     print(f"\nours: {per_slice:.2f} s per {size}x{size} slice (batch {batch}), {ours_volume_s:.2f} s per "
           f"{args.slices}-slice volume" + ("" if args.slices == 16 else
                                            f", est. {16 * per_slice:.1f} s per 16-slice volume"))
+    if compare:
+        compare_s = results[volume_key]["compare"][0] / args.slices
+        print(f"compare ({' '.join(args.compare_set)}): {compare_s:.2f} s per slice, {compare_s / per_slice:.1f}x ours")
     setting = f"{device}, {torch.get_num_threads()} thread(s)"
     if size != 512 or device.type != "cpu" or torch.get_num_threads() != 2:
         would_be = "met" if per_slice <= TARGET_S_PER_SLICE else "missed"

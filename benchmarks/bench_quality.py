@@ -51,7 +51,7 @@ from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_report import detectability, invented_blobs, lesion_rois, print_report, roi_size_px  # noqa: E402
+from quality_report import detectability, invented_blobs, lesion_rois, print_report  # noqa: E402
 
 WINDOWS = {"wide": (-1000.0, 1000.0), "soft": (-160.0, 240.0)}
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare_cases(args: argparse.Namespace, work: Path) -> list[dict]:
     """Each shipped CT: full-dose NIfTI (training), lesion-inserted reference and its low-dose draws (test)."""
-    from cdm4mi.evaluation.observers import insert_lesions  # the lesions module
+    from cdm4mi.evaluation.detectability import insert_volume_lesions
 
     cases = []
     for index, (shipped, path) in enumerate(available_ct()):
@@ -94,12 +94,9 @@ def prepare_cases(args: argparse.Namespace, work: Path) -> list[dict]:
         write_nifti(scan.array, scan.affine, folder / "full_dose.nii.gz", overwrite=True)
         rng = np.random.default_rng(args.seed + index)
         pixel = float(min(scan.spacing_mm[1:]))
-        reference, lesions = scan.array.copy(), []
-        for k in range(scan.array.shape[0]):
-            reference[k], placed = insert_lesions(scan.array[k], pixel, args.lesion_diameters, args.lesion_contrasts,
-                                                   args.lesions_per_class, rng, body_mask=body_mask(scan.array[k]),
-                                                   roi_size=roi_size_px(max(args.lesion_diameters), pixel))
-            lesions.append(placed)
+        reference, lesions = insert_volume_lesions(scan.array, pixel, args.lesion_diameters, args.lesion_contrasts,
+                                                   args.lesions_per_class, rng)
+        reference = reference.astype(scan.array.dtype)
         low = {}
         for dose in args.doses:
             draws = []
@@ -127,7 +124,8 @@ def fold_manifest(cases: list[dict], held_out: str, path: Path) -> Path:
 
 def run_fold(args: argparse.Namespace, cases: list[dict], held_out: dict, work: Path, rois: dict) -> list[dict]:
     """Train on the other cases, denoise the held-out one; adds its lesion ROIs to ``rois`` (pooled)."""
-    manifest = fold_manifest(cases, held_out["name"], work / f"fold_{held_out['name']}.json")
+    # the manifest's folder is the data root, and the runs must lie outside it
+    manifest = fold_manifest(cases, held_out["name"], work / "data" / f"fold_{held_out['name']}.json")
     overrides = [f"data.manifest={manifest}", f"output_dir={work / 'runs' / held_out['name']}",
                  "training.val_batches=0", "training.preview_samples=0", "training.progress_bar=false",
                  f"training.seed={args.seed}"]

@@ -2,79 +2,34 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
-from skimage.transform import resize
 
-from cdm4mi.evaluation.observers import (
-    cho_dprime,
-    dprime_with_ci,
-    extract_rois,
-    invented_structure,
-    laguerre_gauss_channels,
-    npw_dprime,
-    signal_absent_centres,
-)
+from cdm4mi.evaluation import detectability as lesion_detectability
+from cdm4mi.evaluation.detectability import classes_lost
+from cdm4mi.evaluation.observers import invented_structure
 
 BASELINES = ("gaussian", "nlm", "bm3d")
 ROI_PIXEL_MM = 0.5  # lesion ROIs of every case are resampled to this pixel size, so classes pool over cases
 LEARNED = ("model", "supervised")
 
 
-def roi_size_px(diameter_mm: float, pixel_mm: float) -> int:
-    """Side of a lesion ROI (odd, px): the disk and a ring of background as wide as its radius."""
-    return 2 * math.ceil(diameter_mm / pixel_mm) + 1
-
-
 def lesion_rois(case: dict, dose: float, outputs: dict[str, list[np.ndarray]], seed: int) -> dict[tuple, list]:
     """Signal-present ROIs at the inserted lesions and signal-absent ROIs at lesion-free soft-tissue centres,
-    the SAME centres in the full dose and every method's output, for each lesion class (diameter, contrast).
-
-    ROIs are resampled to a common grid (``ROI_PIXEL_MM``) so classes pool over cases of different pixel sizes.
+    the SAME centres in the full dose and every method's output, for each lesion class (diameter, contrast),
+    resampled to ``ROI_PIXEL_MM`` (``cdm4mi.evaluation.detectability.lesion_rois``).
     Returns {(method, diameter_mm, contrast_hu): [present [N, s, s], absent [M, s, s]]}."""
-    reference, lesions = case["reference"], case["lesions"]
-    full_dose = case["scan"].array  # without lesions: absent centres are chosen where no lesion can be
     pixel = float(min(case["scan"].spacing_mm[1:]))
-    rng = np.random.default_rng(seed)
-    pooled: dict[tuple, list] = {}
-    classes = sorted({(lesion.diameter_mm, lesion.contrast_hu) for placed in lesions for lesion in placed})
-    for diameter, contrast in classes:
-        size, common = roi_size_px(diameter, pixel), roi_size_px(diameter, ROI_PIXEL_MM)
-        present_at, absent_at = [], []
-        for k, placed in enumerate(lesions):
-            centres = [(lesion.row, lesion.col) for lesion in placed
-                       if (lesion.diameter_mm, lesion.contrast_hu) == (diameter, contrast)]
-            present_at.append(np.array(centres, dtype=int).reshape(-1, 2))
-            absent_at.append(signal_absent_centres(full_dose[k], placed, pixel, size, len(centres), rng))
-        for method, draws in ({"full_dose": [reference]} | outputs).items():
-            rois = []
-            for where in (present_at, absent_at):
-                found = [extract_rois(image[k], where[k], size) for image in draws for k in range(len(lesions))
-                         if len(where[k])]
-                stack = np.concatenate(found) if found else np.zeros((0, size, size))
-                rois.append(np.stack([resize(roi, (common, common), order=1, anti_aliasing=False,
-                                             preserve_range=True) for roi in stack]) if len(stack) else
-                            np.zeros((0, common, common)))
-            entry = pooled.setdefault((method, diameter, contrast), [np.zeros((0, common, common))] * 2)
-            entry[0], entry[1] = np.concatenate([entry[0], rois[0]]), np.concatenate([entry[1], rois[1]])
-    return pooled
+    # absent centres are chosen in the scan without lesions, where no lesion can be
+    return lesion_detectability.lesion_rois(case["scan"].array, case["lesions"], pixel,
+                                            {"full_dose": [case["reference"]]} | outputs, seed,
+                                            roi_pixel_mm=ROI_PIXEL_MM)
 
 
 def detectability(pooled: dict[tuple, list], seed: int) -> list[dict]:
     """CHO (Laguerre-Gauss channels) and NPW d' with 95 % bootstrap CIs per method and lesion class."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for (method, diameter, contrast), (present, absent) in sorted(pooled.items()):
-        if len(present) < 8 or len(absent) < 8:
-            continue
-        channels = laguerre_gauss_channels(present.shape[-1], width_px=1.5 * diameter / 2 / ROI_PIXEL_MM)
-        rows.append({"method": method, "lesion_mm": diameter, "lesion_hu": contrast,
-                     "rois": [len(present), len(absent)],
-                     "cho": dprime_with_ci(lambda p, a: cho_dprime(p, a, channels), present, absent, rng=rng),
-                     "npw": dprime_with_ci(npw_dprime, present, absent, rng=rng)})
-    return rows
+    return lesion_detectability.detectability(pooled, seed, roi_pixel_mm=ROI_PIXEL_MM)
 
 
 def invented_blobs(case: dict, dose: float, outputs: dict[str, list[np.ndarray]], info: dict) -> list[dict]:
@@ -147,13 +102,9 @@ def lesion_check(rows: list[dict], dose: float) -> None:
     """No lesion class may lose CHO detectability against the low-dose input (within its CI)."""
     found = [r for r in rows if r.get("cho") is not None and r["dose"] == dose]
     for method in LEARNED + BASELINES:
-        losses = []
-        for r in (r for r in found if r["method"] == method):
-            base = next(b for b in found if b["method"] == "low_dose_input" and b["lesion_mm"] == r["lesion_mm"]
-                        and b["lesion_hu"] == r["lesion_hu"])
-            if r["cho"][2] < base["cho"][0]:  # even the upper CI bound is below the input's d'
-                losses.append(f"{r['lesion_mm']:g} mm/{r['lesion_hu']:g} HU")
-        if any(r["method"] == method for r in found):
+        lost = classes_lost(found, method)
+        if lost is not None:
+            losses = [f"{diameter:g} mm/{contrast:g} HU" for diameter, contrast in lost]
             print(f"  {method}: {'loses detectability on ' + ', '.join(losses) if losses else 'keeps every lesion class'}"
                   " (CHO vs the low-dose input)")
 

@@ -58,7 +58,7 @@ def rename_noreplace(source: str | Path, target: str | Path) -> None:
     os.unlink(source)
 
 
-def check_writable(path: str | Path, overwrite: bool = False, option: str = "--out") -> Path:
+def check_writable(path: str | Path, overwrite: bool = False, option: str = "--output") -> Path:
     """Refuse an existing output unless ``overwrite``; returns ``path`` as a Path."""
     path = Path(path)
     if path.exists() and not overwrite:
@@ -157,7 +157,7 @@ def _move_into(source: Path, destination: Path, overwrite: bool, option: str | N
 
 
 @contextlib.contextmanager
-def staged_folder(folder: str | Path, overwrite: bool = False, option: str = "--out") -> Iterator[Path]:
+def staged_folder(folder: str | Path, overwrite: bool = False, option: str = "--output") -> Iterator[Path]:
     """Yield an empty temporary folder for results that belong in ``folder``; on success each of its entries
     moves into ``folder`` (created then), replacing an entry of that name only with ``overwrite``, and a
     folder only if cdm4mi recorded writing it (``RECORD``, updated with the entries moved in).

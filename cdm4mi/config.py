@@ -1,4 +1,5 @@
-"""Run configuration: YAML files in ``configs/`` plus ``key=value`` overrides, validated up front.
+"""Run configuration: YAML files (the shipped ones in ``cdm4mi/configs/``, found by name) plus ``key=value``
+overrides, validated up front.
 
 Sections ``diffusion``, ``sampling`` and ``training`` are checked here; ``network`` and ``data`` name a
 registered component (``name: unet``) and their other keys are checked against that component's
@@ -26,6 +27,7 @@ from cdm4mi.diffusion.schedule import SCHEDULES
 from cdm4mi.diffusion.sde import SDE_KINDS, VESDE, VPSDE
 from cdm4mi.diffusion.timesteps import SPACINGS
 from cdm4mi.io.budget import check_voxels, short_repr
+from cdm4mi.presets import resolve_config, shipped_config
 
 # Choices and sampler option constraints come from the modules that implement them (Literal[tuple] is
 # Literal of its items; the samplers check the same Annotated aliases for Python callers).
@@ -85,12 +87,12 @@ class SamplingConfig(_Section):
     # Warm start (cdm4mi denoise): start where the forward process's noise std is this many times the input's
     # estimated noise, topping the input up with white noise. 1 starts at the input's own level; larger
     # factors drown the input's correlated (FBP) noise in the white noise the model was trained on, so the
-    # first step sees what training showed it, and draws of --samples differ (at least sqrt(2) with samples).
+    # first step sees what training showed it, and --draws differ (at least sqrt(2) with samples).
     warm_start_factor: float = pydantic.Field(1.0, ge=1.0)
-    # Draw k of --samples sees the k-th of the 8 in-plane flips/quarter turns (undone after): the posterior
+    # Draw k of --draws sees the k-th of the 8 in-plane flips/quarter turns (undone after): the posterior
     # mean is also a geometric self-ensemble. For models trained with flips and rotations (data.augment).
     dihedral_draws: bool = False
-    # After `cdm4mi train` of a CT denoiser: calibrate the spread of --samples draws so that mean ± 2 std covers
+    # After `cdm4mi train` of a CT denoiser: calibrate the spread of --draws so that mean ± 2 std covers
     # this share of body voxels of the full-dose truth (cdm4mi.evaluation.calibration); None: raw spread.
     calibrate_coverage: float | None = pydantic.Field(None, gt=0, lt=1)
     calibrate_samples: int = pydantic.Field(3, ge=2, le=1000)
@@ -294,21 +296,20 @@ def _check_data_sizes(config: Config) -> None:
 
 
 def builtin_config(name: str) -> Path:
-    """A config shipped in the repository's ``configs/`` folder (next to the package)."""
-    path = Path(__file__).resolve().parent.parent / "configs" / name
-    if not path.is_file():
-        raise ValueError(f"config {name}: not found at {path}; run from a cdm4mi source checkout")
-    return path
+    """A config shipped inside the package (``cdm4mi/configs/``), by name: ``demo_ldct_2d`` or ``demo_ldct_2d.yaml``."""
+    return shipped_config(name)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (or start empty), apply overrides, validate.
 
+    ``path``: a YAML file, or the name of a shipped config (``ldct_2d``; ``cdm4mi.presets.resolve_config``).
+
     A config may start from another: ``base: ldct_2d_concat.yaml`` (a path relative to the config's own
     folder) loads that file first and merges this one over it, section by section; a ``network`` or
     ``data`` section naming a different component replaces the base's section instead.
     """
-    raw = read_config_file(Path(path)) if path is not None else {}
+    raw = read_config_file(resolve_config(path)) if path is not None else {}
     return validate(merge(raw, parse_overrides(list(overrides))))
 
 

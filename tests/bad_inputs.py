@@ -883,12 +883,13 @@ def all_cases() -> list[Case]:
     # the issue-16 classes build on this module's helpers, so they are imported here, not at the top
     from bad_inputs_attributes import attribute_cases, uncopyable_cases
     from bad_inputs_budgets import budget_cases
+    from bad_inputs_export import export_cases
     from bad_inputs_options import option_cases, pixel_cases
     from bad_inputs_outputs import output_overlap_cases
 
     cases = (scan_cases() + attribute_cases() + uncopyable_cases() + config_cases() + manifest_cases()
              + [manifest_folder_case()] + checkpoint_cases() + output_cases() + budget_cases() + pixel_cases()
-             + output_overlap_cases() + option_cases())
+             + output_overlap_cases() + option_cases() + export_cases())
     names = [case.name for case in cases]
     assert len(set(names)) == len(names), "case names must be unique"
     return cases

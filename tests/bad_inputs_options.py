@@ -44,13 +44,13 @@ BITS, SIGN, GEOMETRY = "pixels: bits above BitsStored", "pixels: signed declared
 # command -> option -> (class, bad values); every numeric option of every command
 PARSED = {
     "denoise": {"--steps": (WHOLE, ["-5", "0", "2.5"]), "--eta": (NONFINITE, ["nan", "inf", "-0.1"]),
-                "--t-start": (WHOLE, ["-1", "abc"]), "--samples": (WHOLE, ["0"]), "--batch-size": (WHOLE, ["0"]),
+                "--t-start": (WHOLE, ["-1", "abc"]), "--draws": (WHOLE, ["0"]), "--batch-size": (WHOLE, ["0"]),
                 "--seed": (WHOLE, ["-1"]), "--device": (DEVICES, ["bogus", "gpu", "cuda:x"])},
     "sample": {"--num-samples": (WHOLE, ["0"]), "--batch-size": (WHOLE, ["-2"]), "--steps": (WHOLE, ["0"]),
                "--guidance-scale": (NONFINITE, ["nan", "-1"]), "--eta": (NONFINITE, ["inf"]),
                "--snr": (NONFINITE, ["0", "nan"]), "--n-corrector": (WHOLE, ["-1"]), "--seed": (WHOLE, ["-3"]),
                "--device": (DEVICES, ["bogus"])},
-    "evaluate": {"--steps": (WHOLE, ["0"]), "--t-start": (WHOLE, ["-1"]), "--samples": (WHOLE, ["0"]),
+    "evaluate": {"--steps": (WHOLE, ["0"]), "--t-start": (WHOLE, ["-1"]), "--draws": (WHOLE, ["0"]),
                  "--seed": (WHOLE, ["-1"]), "--folds": (WHOLE, ["1", "0"]), "--num-samples": (WHOLE, ["0"]),
                  "--batch-size": (WHOLE, ["0"]), "--device": (DEVICES, ["tpu"]),
                  "--window": (RANGE, ["0 0", "100 -100", "nan 1", "-inf 0"])},

@@ -2,7 +2,7 @@
 
 X: a DICOM series folder, a DICOM file (Enhanced multi-frame included) or a NIfTI file.
 Y: ``.nii``/``.nii.gz`` (affine kept) or a folder, which receives a DERIVED DICOM series that files
-next to the original (HU kept through rescale slope/intercept). With ``--samples K > 1`` the per-voxel
+next to the original (HU kept through rescale slope/intercept). With ``--draws K > 1`` the per-voxel
 standard deviation over the K draws is written beside Y (``<Y>_std``): an uncertainty map.
 
 A model trained with ``data.metadata`` (e.g. ``[dose_fraction, noise_level, kvp]``) is told the scan's
@@ -49,7 +49,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--t-start", type=timestep_or_auto, default=None, metavar="T|auto",
                         help="warm-start timestep, or 'auto' to match the input's estimated noise (default)")
-    parser.add_argument("--samples", type=positive_int, default=1,
+    parser.add_argument("--draws", "--samples", dest="samples", type=positive_int, default=1,
                         help="draws to average; > 1 also writes <output>_std")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="slices (or 3D windows) per forward pass")
     parser.add_argument("--seed", type=non_negative_int, default=0)

@@ -12,6 +12,14 @@ and MAE in HU. Baselines in the same table: the low-dose input, a Gaussian filte
 (sigma 1 px) and non-local means. Per-patient mean +- SD, a bootstrap 95 % CI over patients and a
 paired Wilcoxon test of the model against each baseline. Writes metrics.csv, summary.json and PNG
 figures. ``--folds K --config C`` instead trains and evaluates K patient-level folds and pools them.
+
+CT also gets the physicist's measures per patient and method (physics.csv, a table, a figure each):
+noise (HU SD) and HU bias in uniform regions found in the full dose, the noise power spectrum of
+method - full dose (its peak frequency and shift from the low-dose input's), and the MTF50 at the
+body edge relative to the full dose. ``--detectability`` adds low-contrast detectability: disks of
+``--lesion-diameters`` x ``--lesion-contrasts`` inserted into the full and the low dose, every method run
+again, CHO d' with bootstrap CIs per lesion class, the contrast each method keeps and the lesion classes
+it keeps (CHO not below the low-dose input's).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from cdm4mi.cli.options import (
     add_runtime_options,
     finite_float,
     non_negative_int,
+    positive_float,
     positive_int,
     process_options,
     whole_number,
@@ -47,21 +56,31 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", help="denoisers: manifest JSON (cdm4mi manifest); without it the checkpoint "
                                            "is evaluated as a generative model on its own data set")
     parser.add_argument("--root", help="data root (default: the manifest's)")
-    parser.add_argument("--out", required=True, help="output folder for metrics.csv, summary.json, figures")
+    parser.add_argument("--output", "--out", dest="output", required=True,
+                        help="output folder for metrics.csv, summary.json, figures")
     parser.add_argument("--checkpoint", help="trained model (not with --folds)")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="the patients or items scored")
     parser.add_argument("--window", type=finite_float, nargs=2, action=IncreasingPair, default=[-1000.0, 1000.0],
                         metavar=("LOW", "HIGH"),
                         help="HU window for all metrics (default -1000 1000, data_range 2000)")
     parser.add_argument("--body-mask", action="store_true", help="score only the body (largest region > -500 HU)")
+    parser.add_argument("--detectability", action="store_true",
+                        help="CT: insert low-contrast lesions, run every method again, CHO d' per method and lesion "
+                             "class and the lesions kept (about doubles the time)")
+    parser.add_argument("--lesion-diameters", type=positive_float, nargs="+", metavar="MM",
+                        help="--detectability: lesion diameters in mm (default 5 10)")
+    parser.add_argument("--lesion-contrasts", type=finite_float, nargs="+", metavar="HU",
+                        help="--detectability: lesion contrasts in HU (default 20 40)")
     parser.add_argument("--steps", type=positive_int, help="sampling steps (default: the checkpoint's)")
     parser.add_argument("--t-start", type=non_negative_int, help="warm-start timestep (default: from the estimated noise)")
-    parser.add_argument("--samples", type=positive_int, default=1, help="draws per scan; > 1 adds uncertainty maps")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--draws", "--samples", dest="samples", type=positive_int, default=1,
+                        help="denoisers: draws per scan, averaged; > 1 adds uncertainty maps")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the draws (and of --folds)")
     parser.add_argument("--folds", type=whole_number(2), help="patient-level K-fold cross-validation (needs --config)")
-    parser.add_argument("--config", help="training config for --folds")
+    parser.add_argument("--config", help="training config for --folds: a YAML file or a shipped config's name")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for --folds")
-    parser.add_argument("--num-samples", type=positive_int, help="generative: held-out items to compare with (default: all)")
+    parser.add_argument("--num-samples", type=positive_int,
+                        help="generative: samples to draw, scored against as many held-out items (default: all of them)")
     parser.add_argument("--inception-weights", help="generative images: the pytorch-fid Inception weights file "
                                                     "(pt_inception-2015-12-05-6726825d.pth) for FID/KID")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="generative: samples per sampling batch")
@@ -75,16 +94,17 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cdm4mi.config import load_config
     from cdm4mi.evaluation.crossval import cross_validate, fold_overrides
+    from cdm4mi.evaluation.detectability import LesionStudy
     from cdm4mi.evaluation.heldout import evaluate_heldout
     from cdm4mi.inference.checks import check_denoiser, check_sampling_options
     from cdm4mi.inference.runtime import load_for_inference
     from cdm4mi.training.run import device_overrides
 
-    out = Path(args.out)
+    out = Path(args.output)
     if (out / "metrics.csv").exists():
-        check_writable(out / "metrics.csv", args.overwrite, option="--out")
+        check_writable(out / "metrics.csv", args.overwrite, option="--output")
     if args.checkpoint is not None:
-        refuse_output_inside(out, [args.checkpoint], "--out", "--checkpoint")
+        refuse_output_inside(out, [args.checkpoint], "--output", "--checkpoint")
     if args.manifest is None:
         return run_generative(args, out)
     if (args.folds is None) == (args.checkpoint is None):
@@ -93,14 +113,24 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--folds: needs --config, the training config to run for each fold")
     window = (float(args.window[0]), float(args.window[1]))
     manifest = load_manifest(args.manifest, root=args.root)
-    manifest.refuse_output_inside(out, "--out")
+    if not args.detectability and (args.lesion_diameters or args.lesion_contrasts):
+        raise ValueError("--lesion-diameters, --lesion-contrasts: describe the lesions of --detectability; add it")
+    lesions = None
+    if args.detectability:
+        if manifest.modality != "CT":
+            raise ValueError(f"--detectability: inserts lesions in HU, for CT; the manifest {manifest.path} is "
+                             f"{manifest.modality}")
+        defaults = LesionStudy()
+        lesions = LesionStudy(tuple(args.lesion_diameters or defaults.diameters_mm),
+                              tuple(args.lesion_contrasts or defaults.contrasts_hu), seed=args.seed)
+    manifest.refuse_output_inside(out, "--output")
     for name in ("summary.json", "figures"):  # what the report writes beside metrics.csv: refused now, not at the end
         if (out / name).exists():
-            check_writable(out / name, args.overwrite, option="--out")
-    refuse_foreign(out, ["figures"], "--out")  # --overwrite replaces a figures/ folder only if cdm4mi wrote it
+            check_writable(out / name, args.overwrite, option="--output")
+    refuse_foreign(out, ["figures"], "--output")  # --overwrite replaces a figures/ folder only if cdm4mi wrote it
     options = {"steps": args.steps, "t_start": args.t_start, "samples": args.samples, "seed": args.seed,
                "precision": args.precision}
-    evaluate = dict(window=window, use_body_mask=args.body_mask, denoise_options=options)
+    evaluate = dict(window=window, use_body_mask=args.body_mask, denoise_options=options, lesions=lesions)
     processes = process_options(args)
     if processes is not None:
         if args.folds is not None:
@@ -181,6 +211,9 @@ def report(result: HeldOutResult, stage: Path, out: Path, window: tuple[float, f
 
 
 def run_generative(args: argparse.Namespace, out: Path) -> int:
+    from cdm4mi.extras import require
+
+    require("sklearn", "evaluating a generative model (no --manifest)")  # its metrics and baselines (the bio extra)
     from cdm4mi.evaluation.generative import evaluate_generation
     from cdm4mi.inference.runtime import load_for_inference
 
@@ -190,11 +223,11 @@ def run_generative(args: argparse.Namespace, out: Path) -> int:
         raise ValueError("--devices, --num-nodes, --strategy: spread the patients of a denoiser (--manifest); a "
                          "generative model is evaluated in one process (--device)")
     if (out / "summary.json").exists():
-        check_writable(out / "summary.json", args.overwrite, option="--out")
+        check_writable(out / "summary.json", args.overwrite, option="--output")
     module = load_for_inference(args.checkpoint, args.device, args.precision, args.channels_last, args.compile)
     for key in ("root", "path"):  # as for a manifest's data: never write into the data set it was trained on
         if isinstance(module.config.data.get(key), str):
-            refuse_output_inside(out, [module.config.data[key]], "--out", f"the checkpoint's data.{key}")
+            refuse_output_inside(out, [module.config.data[key]], "--output", f"the checkpoint's data.{key}")
     result = evaluate_generation(module, out, split=args.split, num_samples=args.num_samples,
                                  inception_weights=args.inception_weights, batch_size=args.batch_size,
                                  seed=args.seed, overwrite=args.overwrite, precision=args.precision)

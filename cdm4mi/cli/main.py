@@ -3,7 +3,8 @@
 
 * 0: done;
 * 2: bad input (a command line argparse refuses, ``ValueError``, ``OSError``, YAML errors, Lightning's ``MisconfigurationException``, input
-  nested too deeply to read, input too large for the memory): the line names the file or option;
+  nested too deeply to read, input too large for the memory, an optional dependency it needs not installed): the line
+  names the file or option;
 * 1: an internal error (any other exception): a bug to report, rerun with ``--debug`` for the traceback;
 * 130: Ctrl-C (SIGINT); 143: SIGTERM (``cdm4mi.termination``). Temporary outputs are removed either way.
 
@@ -23,26 +24,35 @@ from typing import NoReturn
 import yaml
 
 from cdm4mi import __version__
-from cdm4mi.cli import demo, denoise, evaluate, manifest, sample, simulate, train
+from cdm4mi.cli import demo, denoise, evaluate, export, info, manifest, sample, simulate, train
+from cdm4mi.cli.options import HelpFormatter
+from cdm4mi.extras import MissingExtra
 from cdm4mi.termination import SIGINT_EXIT_STATUS, SIGTERM_EXIT_STATUS, Terminated, is_quiet, sigterm_raises
 
-SUBCOMMANDS = (simulate, manifest, train, sample, denoise, evaluate, demo)
+SUBCOMMANDS = (simulate, manifest, train, sample, denoise, evaluate, export, info, demo)
 # Errors caused by what the user asked for: reported in one line, exit status 2. (pydantic's
-# ValidationError and json's JSONDecodeError are ValueErrors.) Lightning's are named by module and class:
-# Lightning is imported by the commands that use it, never for ``--help`` (``lightning_error``).
-USER_ERRORS = (ValueError, OSError, yaml.YAMLError)
+# ValidationError and json's JSONDecodeError are ValueErrors; MissingExtra: an optional dependency the input needs.)
+# Lightning's are named by module and class: Lightning is imported by the commands that use it, never for ``--help``
+# (``lightning_error``).
+USER_ERRORS = (ValueError, OSError, yaml.YAMLError, MissingExtra)
 LIGHTNING_USER_ERRORS = (("lightning.fabric.utilities.exceptions", "MisconfigurationException"),)
 LIGHTNING_SIGTERM = ("lightning.pytorch.utilities.exceptions", "SIGTERMException")
 MESSAGE_LIMIT = 400  # characters: a message quoting a damaged value can be megabytes long
 INPUT_OPTIONS = ("config", "manifest", "input", "root", "checkpoint")
-OUTPUT_OPTIONS = ("output", "out")
+OUTPUT_OPTIONS = ("output",)  # every command's output option (--out is an alias of --output)
 
 
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that refuses a command line in one line on stderr naming the command, exit status 2:
     ``cdm4mi denoise: error: argument --steps: must be >= 1, got -5; see cdm4mi denoise --help`` (argparse's own
     prints its usage block above it, and names no command for an unknown option). Its sub-parsers must be of
-    this class too (``add_subparsers(parser_class=...)``)."""
+    this class too (``add_subparsers(parser_class=...)``). Its ``--help`` shows each option's default
+    (``cdm4mi.cli.options.HelpFormatter``)."""
+
+    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = HelpFormatter, **kwargs) -> None:
+        if formatter_class is argparse.RawDescriptionHelpFormatter:  # what the commands ask for, and defaults too
+            formatter_class = HelpFormatter
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.refuse(self.prog, message)

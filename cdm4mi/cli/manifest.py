@@ -1,6 +1,6 @@
 """``cdm4mi manifest``: pair low-dose and full-dose scans under a folder into a pseudonymous, split manifest.
 
-    cdm4mi manifest --root DIR --out FILE [--layout auto|nifti|dicom] [--split 0.7,0.15,0.15] [--seed 0]
+    cdm4mi manifest --root DIR --output FILE [--layout auto|nifti|dicom] [--split 0.7,0.15,0.15] [--seed 0]
                     [--test-patients ID ...] [--val-patients ID ...] [--salt-file F] [--id-map F]
                     [--dose-fraction 0.25] [--overwrite]
     cdm4mi manifest --check FILE [--root DIR]
@@ -42,13 +42,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--out", help="manifest file to write (JSON)")
+    action.add_argument("--output", "--out", dest="output", help="manifest file to write (JSON)")
     action.add_argument("--check", metavar="MANIFEST", help="validate an existing manifest and print its counts")
-    parser.add_argument("--root", help="data folder (required with --out; with --check it replaces the manifest's)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="folder layout (default auto)")
-    parser.add_argument("--split", type=_fractions, default=DEFAULT_FRACTIONS,
-                        help="train,val,test fractions of patients (default 0.7,0.15,0.15)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the patient split (default 0)")
+    parser.add_argument("--root", help="data folder (required with --output; with --check it replaces the manifest's)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="folder layout")
+    parser.add_argument("--split", type=_fractions, default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
+                        help="train,val,test fractions of patients")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the patient split")
     for split in ("test", "val", "train"):
         parser.add_argument(f"--{split}-patients", nargs="+", default=[], metavar="ID",
                             help=f"patients pinned to {split}: PatientID, NIfTI folder name or pseudonym")
@@ -56,16 +56,16 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                         "Without it the pseudonyms are random for this run only")
     parser.add_argument("--id-map", help="also write a CSV real_id,pseudonym here (private: it re-identifies)")
     parser.add_argument("--dose-fraction", type=fraction, help="record this dose fraction (0, 1] for every input")
-    parser.add_argument("--modality", default="CT", help="modality of NIfTI data (default CT); DICOM says its own")
+    parser.add_argument("--modality", default="CT", help="modality of NIfTI data; DICOM says its own")
     parser.add_argument("--input-keywords", default=",".join(DEFAULT_INPUT_KEYWORDS),
-                        help="words marking the low-dose DICOM series (default low,quarter,ld)")
+                        help="words marking the low-dose DICOM series")
     parser.add_argument("--target-keywords", default=",".join(DEFAULT_TARGET_KEYWORDS),
-                        help="words marking the full-dose DICOM series (default full,normal,fd)")
+                        help="words marking the full-dose DICOM series")
     parser.add_argument("--skip-incomplete", action="store_true",
                         help="leave out patients without exactly one usable pair (each is reported) instead of failing")
     parser.add_argument("--allow-ids-in-paths", action="store_true",
                         help="accept DICOM folders whose path holds the PatientID or name")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing --out and --id-map files")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --output and --id-map files")
     parser.set_defaults(run=run)
 
 
@@ -76,15 +76,15 @@ def run(args: argparse.Namespace) -> int:
         _print_counts(manifest)
         return 0
     if not args.root:
-        raise ValueError("--root: required with --out (the folder holding the scans)")
+        raise ValueError("--root: required with --output (the folder holding the scans)")
     fractions = args.split
-    outputs = [Path(p).resolve() for p in (args.out, args.id_map, args.salt_file) if p]
+    outputs = [Path(p).resolve() for p in (args.output, args.id_map, args.salt_file) if p]
     if len(set(outputs)) != len(outputs):
-        raise ValueError("--out, --id-map and --salt-file must be three different files")
-    for option, path in (("--out", args.out), ("--id-map", args.id_map)):
+        raise ValueError("--output, --id-map and --salt-file must be three different files")
+    for option, path in (("--output", args.output), ("--id-map", args.id_map)):
         if path:  # a file written into the scanned tree would be met as data by the next scan
             refuse_output_inside(path, [args.root], option, "the data root")
-    out = check_writable(args.out, args.overwrite)  # fail before scanning a large tree
+    out = check_writable(args.output, args.overwrite)  # fail before scanning a large tree
     if args.id_map:
         check_writable(args.id_map, args.overwrite, option="--id-map")
         check_outside_version_control(args.id_map, "--id-map")

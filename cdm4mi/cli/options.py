@@ -11,6 +11,19 @@ import math
 from collections.abc import Callable
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every command's ``--help`` (``OneLineParser``'s formatter): the description as written, and each option's
+    default after its help, ``(default: 800)``, unless the help already says it or there is none to show (no value,
+    a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (text == argparse.SUPPRESS or not action.option_strings or "default" in text
+                or action.default in (None, False, [], argparse.SUPPRESS)):
+            return action.help
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def whole_number(minimum: int) -> Callable[[str], int]:
     """A whole number >= ``minimum`` ('5'; not '5.0', '-1' for minimum 0, 'nan')."""
     def parse(text: str) -> int:

@@ -1,4 +1,4 @@
-"""``cdm4mi sample --checkpoint C --out FILE``: draw samples from an unconditional or class-conditional model.
+"""``cdm4mi sample --checkpoint C --output FILE``: draw samples from an unconditional or class-conditional model.
 
 Writes the samples (.npy or .pt; .h5ad for a model of gene expression, in the data's gene space) and
 PNG figures: images get a grid (one row per class when classes are asked for) and a strip of the
@@ -28,9 +28,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by cdm4mi train")
-    parser.add_argument("--out", required=True, help="output file: .npy, .pt, or .h5ad (gene-expression models)")
-    parser.add_argument("--num-samples", type=positive_int, default=1000)
-    parser.add_argument("--batch-size", type=positive_int, default=1000)
+    parser.add_argument("--output", "--out", dest="output", required=True,
+                        help="output file: .npy, .pt, or .h5ad (gene-expression models)")
+    parser.add_argument("--num-samples", type=positive_int, default=1000, help="samples to draw")
+    parser.add_argument("--batch-size", type=positive_int, default=1000, help="samples per sampling batch")
     parser.add_argument("--classes", help="class-conditional models: 'all' or a comma list of class names or "
                                           "indices; samples are split evenly over them (one grid row each)")
     parser.add_argument("--guidance-scale", type=non_negative_float, help="classifier-free guidance weight (1 = none)")
@@ -41,10 +42,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--snr", type=positive_float, help="predictor-corrector: Langevin corrector signal-to-noise ratio")
     parser.add_argument("--n-corrector", type=non_negative_int, help="predictor-corrector: corrector steps per step")
     parser.add_argument("--ode-method", choices=["euler", "heun", "rk45"], help="probability-flow ODE solver")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the draws")
     add_runtime_options(parser)
-    parser.add_argument("--png", help="sample figure (default: next to --out)")
-    parser.add_argument("--strip", help="image models: denoising-process strip (default: <out>_process.png)")
+    parser.add_argument("--png", help="sample figure (default: next to --output)")
+    parser.add_argument("--strip", help="image models: denoising-process strip (default: <output>_process.png)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(run=run)
 
@@ -58,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from cdm4mi.inference.runtime import load_for_inference
     from cdm4mi.training.previews import save_sample_preview
 
-    for option, path in (("--out", args.out), ("--png", args.png), ("--strip", args.strip)):
-        if path:  # a checkpoint named model.pt is a valid --out
+    for option, path in (("--output", args.output), ("--png", args.png), ("--strip", args.strip)):
+        if path:  # a checkpoint named model.pt is a valid --output
             refuse_input_overlap(args.checkpoint, path, option)
-    out = check_writable(args.out, args.overwrite)
+    out = check_writable(args.output, args.overwrite, option="--output")
     if out.suffix not in SUFFIXES:
-        raise ValueError(f"--out: {out} must end in one of {', '.join(SUFFIXES)}")
+        raise ValueError(f"--output: {out} must end in one of {', '.join(SUFFIXES)}")
     png = check_writable(args.png or out.with_suffix(".png"), args.overwrite, option="--png")
     overrides = {key: value for key, value in {
         "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "timestep_spacing": args.spacing,
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     module = load_for_inference(args.checkpoint, args.device, args.precision, args.channels_last, args.compile)
     check_sampling_options(module, args.checkpoint, overrides)
     if out.suffix == ".h5ad" and not (module.data_state or {}).get("genes"):
-        raise ValueError(f"--out: {out.name}: .h5ad needs a model of gene expression; {args.checkpoint} is not one")
+        raise ValueError(f"--output: {out.name}: .h5ad needs a model of gene expression; {args.checkpoint} is not one")
     data = dict(module.config.data)
     reference_set = build_dataset(data.pop("name"), "val", **data)
     reference = torch.stack([reference_set[i]["x0"] for i in range(min(len(reference_set), args.num_samples))])

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from cdm4mi.cli.options import device
+from cdm4mi.presets import shipped_configs
 from cdm4mi.termination import Terminated, is_quiet
 
 
@@ -15,10 +16,11 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         "train",
         parents=[common],
         help="train a diffusion model from a YAML config",
-        description="Train a diffusion model. Options come from --config and key=value overrides "
+        description="Train a diffusion model. Options come from --config and key=value overrides\n"
         "(e.g. training.max_steps=200 network.base_channels=32 output_dir=runs/try).",
     )
-    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/toy2d.yaml")
+    parser.add_argument("--config", required=True,
+                        help=f"a YAML file, or the name of a config shipped with cdm4mi: {', '.join(shipped_configs())}")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
                         help="continue output_dir's run from its latest checkpoint (last.ckpt, or the hpc_ckpt_<n>.ckpt "
                              "Lightning saves on SLURM's requeue signal); '--resume auto': continue if there is one, "

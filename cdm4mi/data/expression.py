@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy import sparse
 from torch.utils.data import Dataset
@@ -37,6 +36,7 @@ from torch.utils.data import Dataset
 from cdm4mi.cohort.splits import SPLITS, split_cells
 from cdm4mi.data.expression_files import ExpressionMatrix, read_h5ad, read_table
 from cdm4mi.data.registry import DATASETS
+from cdm4mi.extras import require
 
 STD_FLOOR = 1e-2  # log-normalized expression: a std below 0.01 (about 1 %) is measurement noise
 HVG_BINS = 20  # mean-expression bins of the Seurat dispersion normalization
@@ -246,7 +246,8 @@ def samples_to_anndata(samples: torch.Tensor | np.ndarray, state: dict[str, Any]
     """Generated cells as an ``anndata.AnnData``: X = ``inverse_transform`` (float32), var_names = genes,
     ``obs['cell_type']`` = the class names of ``labels`` (class indices or names) when given, and the
     preprocessing state as JSON in ``uns['cdm4mi_preprocessing']``."""
-    import anndata
+    anndata = require("anndata", ".h5ad output (generated cells)")
+    import pandas as pd  # anndata's own dependency
 
     expression = inverse_transform(samples, state).astype(np.float32)
     obs = pd.DataFrame(index=[f"generated_{i}" for i in range(expression.shape[0])])
@@ -322,6 +323,8 @@ def normalized_dispersion(values: sparse.csr_matrix, logged: bool = True) -> np.
     variance), taken as ``log``; genes are put into ``HVG_BINS`` equal-width bins of ``log1p(mean)``, and a
     gene's log dispersion is z-scored against the mean and std of its bin (a bin holding one gene gives 1).
     """
+    import pandas as pd  # reading the expression file required it (cdm4mi.data.expression_files)
+
     linear = sparse.csr_matrix(values, dtype=np.float64, copy=True)
     if logged:
         linear.data = np.expm1(linear.data)

@@ -1,5 +1,6 @@
 """Reading cells x genes matrices from files: ``.h5ad`` (anndata) and CSV / TSV tables (pandas), as
-scipy CSR float32 with gene names, cell ids and optional labels; no preprocessing here."""
+scipy CSR float32 with gene names, cell ids and optional labels; no preprocessing here. anndata and pandas come with
+the ``bio`` extra and are imported when a file is read (``cdm4mi.extras``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import gzip
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from scipy import sparse
+
+from cdm4mi.extras import require
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 
@@ -30,8 +36,7 @@ class ExpressionMatrix:
 
 def read_h5ad(path: str | Path, layer: str | None = None, label_key: str | None = None) -> ExpressionMatrix:
     """The matrix of ``layer`` of an ``.h5ad`` file (``anndata`` options), as CSR float32."""
-    import anndata
-
+    anndata = require("anndata", "data.name 'anndata' (.h5ad files)")
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data.path: {path} does not exist")
@@ -64,6 +69,7 @@ def read_h5ad(path: str | Path, layer: str | None = None, label_key: str | None 
 
 def read_table(path: str | Path, transpose: bool = False, labels: str | None = None) -> ExpressionMatrix:
     """A CSV / TSV expression table (``expression_table`` options), as CSR float32."""
+    pd = require("pandas", "data.name 'expression_table' (CSV / TSV files)")
     path = Path(path)
     delimiter = table_delimiter(path, "data.path", "use a cells x genes table")
     if not path.is_file():
@@ -119,6 +125,8 @@ def _header(path: Path, delimiter: str) -> list[str]:
 
 def _numeric(table: pd.DataFrame, path: Path, row_names: list[str]) -> sparse.csr_matrix:
     """The table's values as CSR float32; a non-numeric or missing value names its row and column."""
+    import pandas as pd  # read_table required it
+
     for column in table.columns[[not pd.api.types.is_numeric_dtype(dtype) for dtype in table.dtypes]]:
         numbers = pd.to_numeric(table[column], errors="coerce")
         bad = np.flatnonzero(numbers.isna() & table[column].notna())
@@ -137,6 +145,8 @@ def _numeric(table: pd.DataFrame, path: Path, row_names: list[str]) -> sparse.cs
 
 
 def _labels_file(labels: str, cell_ids: list[str], table_path: Path) -> np.ndarray:
+    import pandas as pd  # read_table required it
+
     path = Path(labels)
     if not path.is_file():
         raise ValueError(f"data.labels: '{labels}' is neither a column of {table_path} nor a file")
@@ -167,7 +177,9 @@ def _label_column(column: pd.Series, where: str) -> np.ndarray:
 
 def _unique_names(names, path: Path, kind: str) -> list[str]:
     names = [str(name) for name in names]
-    if len(set(names)) != len(names):
-        repeated = pd.Index(names)[pd.Index(names).duplicated()][0]
-        raise ValueError(f"data.path: {path}: {kind} '{repeated}' appears twice")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"data.path: {path}: {kind} '{name}' appears twice")
+        seen.add(name)
     return names

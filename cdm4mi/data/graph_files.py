@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from scipy import sparse
 
 from cdm4mi.atomic import atomic_output
 from cdm4mi.data.expression_files import table_delimiter
+from cdm4mi.extras import require
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _CORRELATION_BLOCK_BYTES = 2**28  # one [genes_per_block, G] float64 block of correlations at a time
 
@@ -43,6 +47,7 @@ def _read_npz(path: Path) -> sparse.csr_matrix:
 
 
 def _read_edge_list(path: Path, delimiter: str, num_genes: int, genes_file: str | Path | None) -> sparse.csr_matrix:
+    pd = require("pandas", f"network.adjacency: {path} (an edge list; a .npz matrix needs no pandas)")
     try:
         edges = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
@@ -68,6 +73,8 @@ def _read_edge_list(path: Path, delimiter: str, num_genes: int, genes_file: str 
 
 
 def _gene_indices(column: pd.Series, path: Path, num_genes: int) -> np.ndarray:
+    import pandas as pd  # _read_edge_list required it
+
     numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(np.isnan(numbers) | (numbers != np.round(numbers)) | (numbers < 0) | (numbers >= num_genes))
     if len(bad):

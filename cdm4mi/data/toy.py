@@ -1,5 +1,6 @@
 """Synthetic data sets: a 2-D Gaussian mixture and a correlated Gaussian (known ground truth), and the
-two classic 2-D manifolds, moons and the swiss roll (scikit-learn's generators, rescaled).
+two classic 2-D manifolds, moons and the swiss roll (scikit-learn's generators, rescaled; scikit-learn comes with
+the ``bio`` extra and is imported when they are built).
 
 Each split draws from its own seed (``seed`` for train, ``seed + 1`` for val, ``seed + 2`` for test),
 so validation never repeats training points.
@@ -8,10 +9,10 @@ so validation never repeats training points.
 from __future__ import annotations
 
 import torch
-from sklearn import datasets as sklearn_datasets
 from torch.utils.data import Dataset
 
 from cdm4mi.data.registry import DATASETS
+from cdm4mi.extras import require
 
 _SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
@@ -84,6 +85,7 @@ def moons(split: str, noise: float = 0.05, num_samples: int = 20_000, seed: int 
     [-3, 3] x [-1.5, 1.5] (std ~1.7 and ~1.0); ``noise`` is the Gaussian jitter in the original units (radius 1)."""
     if noise < 0:
         raise ValueError(f"data.noise: must be >= 0, got {noise}")
+    sklearn_datasets = require("sklearn.datasets", "data.name 'moons'")
     points, _ = sklearn_datasets.make_moons(_split_count(num_samples, split), noise=noise,
                                             random_state=seed + _SPLIT_OFFSET[split])
     points = (points - [0.5, 0.25]) * 2.0
@@ -96,6 +98,7 @@ def swiss_roll(split: str, noise: float = 0.2, num_samples: int = 20_000, seed: 
     (a spiral out to radius ~2.9, std ~1.3 per axis); ``noise`` is the jitter before scaling."""
     if noise < 0:
         raise ValueError(f"data.noise: must be >= 0, got {noise}")
+    sklearn_datasets = require("sklearn.datasets", "data.name 'swiss_roll'")
     points, _ = sklearn_datasets.make_swiss_roll(_split_count(num_samples, split), noise=noise,
                                                  random_state=seed + _SPLIT_OFFSET[split])
     return TensorPoints(torch.from_numpy(points[:, [0, 2]] / 5.0), {"noise": torch.tensor(noise)})

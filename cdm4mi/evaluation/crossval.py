@@ -32,5 +32,6 @@ def cross_validate(config: str | Path, overrides: Sequence[str], folds: list[Man
         fold_result = evaluate_heldout(module, fold, "test", figures_dir=stage / "figures", **evaluate)
         pooled.rows += [{**row, "fold": k + 1} for row in fold_result.rows]
         pooled.figures += fold_result.figures
+        pooled.scores += fold_result.scores  # their physicist's measures and lesion ROIs
         pooled.warm_starts.update(fold_result.warm_starts)
     return pooled

@@ -20,7 +20,9 @@ from cdm4mi.evaluation.figures import save_png  # noqa: E402
 from cdm4mi.evaluation.metrics import SOFT_TISSUE_HU_WINDOW, check_hu_window  # noqa: E402
 from cdm4mi.evaluation.statistics import summarize  # noqa: E402
 
-_METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "rmse_hu": "RMSE (HU)", "mae_hu": "MAE (HU)"}
+_METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "rmse_hu": "RMSE (HU)", "mae_hu": "MAE (HU)",
+                  "noise_hu": "noise in uniform ROIs (HU SD)", "bias_hu": "HU bias in uniform ROIs (HU)",
+                  "lesion_contrast_kept": "lesion contrast kept (fraction)"}
 
 
 def save_slice_comparison(input_hu: np.ndarray, output_hu: np.ndarray, target_hu: np.ndarray, path: str | Path,

@@ -22,26 +22,35 @@ from cdm4mi.evaluation.statistics import finite_or_none, summarize
 CSV_COLUMNS = ("patient_id", "slice_index", "method", "psnr", "ssim", "rmse_hu", "mae_hu",
                "window_low", "window_high", "data_range")
 _CSV_FORMATS = {"psnr": "{:.4f}", "ssim": "{:.6f}", "rmse_hu": "{:.4f}", "mae_hu": "{:.4f}",
-                "window_low": "{:g}", "window_high": "{:g}", "data_range": "{:g}"}
-_LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "rmse_hu": "RMSE HU", "mae_hu": "MAE HU"}
-_TABLE_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.4f}", "rmse_hu": "{:.2f}", "mae_hu": "{:.2f}"}
+                "window_low": "{:g}", "window_high": "{:g}", "data_range": "{:g}",
+                "noise_hu": "{:.4f}", "bias_hu": "{:.4f}", "nps_peak_per_mm": "{:.5f}",
+                "nps_peak_shift_per_mm": "{:.5f}", "nps_mean_per_mm": "{:.5f}", "mtf50_per_mm": "{:.5f}",
+                "lesion_contrast_kept": "{:.4f}"}
+_LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "rmse_hu": "RMSE HU", "mae_hu": "MAE HU",
+           "noise_hu": "noise HU", "bias_hu": "bias HU", "nps_peak_per_mm": "NPS peak /mm",
+           "nps_peak_shift_per_mm": "peak shift /mm", "mtf50_per_mm": "MTF50 /mm",
+           "lesion_contrast_kept": "lesion contrast kept"}
+_TABLE_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.4f}", "rmse_hu": "{:.2f}", "mae_hu": "{:.2f}",
+                  "noise_hu": "{:.1f}", "bias_hu": "{:.1f}", "nps_peak_per_mm": "{:.3f}",
+                  "nps_peak_shift_per_mm": "{:.3f}", "mtf50_per_mm": "{:.3f}", "lesion_contrast_kept": "{:.2f}"}
 
 
-def write_metrics_csv(rows: Sequence[dict], path: str | Path, overwrite: bool = False) -> Path:
-    """One line per (patient, slice, method) with the columns ``CSV_COLUMNS``; ``None`` is an empty cell.
+def write_metrics_csv(rows: Sequence[dict], path: str | Path, overwrite: bool = False,
+                      columns: Sequence[str] = CSV_COLUMNS) -> Path:
+    """One line per row (patient, slice, method) with the ``columns``; ``None`` is an empty cell.
 
     PSNR, RMSE and MAE have 4 decimals, SSIM 6; other row keys are not written.
     """
     for row in rows:
-        missing = [column for column in CSV_COLUMNS if column not in row]
+        missing = [column for column in columns if column not in row]
         if missing:
             raise ValueError(f"write_metrics_csv: a row of patient {row.get('patient_id')!r} lacks {missing}")
     with atomic_output(path, overwrite=overwrite) as temporary:
         with open(temporary, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
+            writer.writerow(columns)
             for row in rows:
-                writer.writerow([_csv_cell(column, row[column]) for column in CSV_COLUMNS])
+                writer.writerow([_csv_cell(column, row[column]) for column in columns])
     return Path(path)
 
 
@@ -90,15 +99,16 @@ def _plain(value):
 
 def format_patient_table(rows: Sequence[dict], methods: Sequence[str] | None = None,
                          metrics: Sequence[str] = METRICS, summary: dict | None = None,
-                         n_bootstrap: int = 10000, seed: int = 0) -> str:
+                         n_bootstrap: int = 10000, seed: int = 0, heading: str | None = None) -> str:
     """Plain-text table: per-patient means per (patient, method), then mean ± SD and 95% CI per method.
 
     When ``summary`` (from ``statistics.summarize``) has comparisons, adds one line per baseline with
     the mean paired difference (reference − baseline) and the Wilcoxon p of each metric. Without
-    ``summary`` it is computed with no tests. Rows must carry one HU window, which heads the table.
+    ``summary`` it is computed with no tests. Rows must carry one HU window, which heads the table, unless
+    a ``heading`` (for measures taken outside any window) replaces it.
     """
     rows = list(rows)
-    window = _single_window(rows)
+    window = _single_window(rows) if heading is None else None
     methods = list(dict.fromkeys(row["method"] for row in rows)) if methods is None else list(methods)
     if summary is None:
         summary = summarize(rows, metrics=metrics, methods=methods, reference_method=None,
@@ -144,12 +154,15 @@ def format_patient_table(rows: Sequence[dict], methods: Sequence[str] | None = N
         text = "  ".join(cell.ljust(width) if column < 2 else cell.rjust(width)
                          for column, (cell, width) in enumerate(zip(line, widths)))
         lines.append(text.rstrip())
-    low, high, data_range = window
-    masked = {bool(row.get("masked", False)) for row in rows}
-    region = {frozenset([True]): "pixels inside the mask", frozenset([False]): "whole slices"}.get(
-        frozenset(masked), "some slices masked, some whole")
-    head = (f"HU window [{low:g}, {high:g}], data_range {data_range:g}; scored on {region}\n"
-            f"{len(patients)} patient(s); values are per-patient means over slices")
+    if window is None:
+        head = f"{heading}\n{len(patients)} patient(s)"
+    else:
+        low, high, data_range = window
+        masked = {bool(row.get("masked", False)) for row in rows}
+        region = {frozenset([True]): "pixels inside the mask", frozenset([False]): "whole slices"}.get(
+            frozenset(masked), "some slices masked, some whole")
+        head = (f"HU window [{low:g}, {high:g}], data_range {data_range:g}; scored on {region}\n"
+                f"{len(patients)} patient(s); values are per-patient means over slices")
     foot = [f"95% CI: percentile bootstrap over patients ({summary['n_bootstrap']} resamples, seed {summary['seed']})"]
     notes = {summary["methods"][method][metric]["ci_note"] for method in methods for metric in metrics}
     foot += [f"note: {note}" for note in sorted(note for note in notes if note)]

@@ -25,19 +25,18 @@ import hashlib
 import hmac
 from collections.abc import Collection
 
-import dicognito
-from dicognito.anonymizer import Anonymizer
-from dicognito.datetimeanonymizer import DateTimeAnonymizer
 from pydicom.datadict import keyword_dict
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from cdm4mi.extras import require
 from cdm4mi.io.header_values import describe, unvalidated
 from cdm4mi.io.pseudonyms import MIN_SALT_BYTES, pseudonymize
 
 BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
 MODIFIED_DATES_OPTION = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
-METHOD = f"cdm4mi: basic profile, modified dates (dicognito {dicognito.__version__})"
+METHOD = "cdm4mi: basic profile, modified dates (dicognito {version})"
+"""DeidentificationMethod, with the version of dicognito (the ``deid`` extra, imported by ``Deidentifier``)."""
 DATE_SHIFT_DAYS = (62, 730)
 """Range of the backward date shift, dicognito's own."""
 
@@ -103,6 +102,10 @@ class Deidentifier:
         """``salt``: the secret of ``--salt-file`` (at least 16 bytes), the one the manifest was built with."""
         if not isinstance(salt, bytes) or len(salt) < MIN_SALT_BYTES:
             raise ValueError(f"salt must be at least {MIN_SALT_BYTES} bytes")
+        require("dicognito", "DICOM de-identification (--deidentify)")
+        from dicognito.anonymizer import Anonymizer
+        from dicognito.datetimeanonymizer import DateTimeAnonymizer
+
         self._salt = salt
         self._anonymizer = Anonymizer(seed=_keyed(salt, b"dicognito seed"))
         low, high = DATE_SHIFT_DAYS
@@ -195,7 +198,10 @@ def _remove_identifying(dataset: Dataset, element: DataElement) -> None:
 def _record(dataset: Dataset, earlier_methods: list[str]) -> None:
     """PatientIdentityRemoved, the method and its codes (after any of an earlier de-identification)."""
     dataset.PatientIdentityRemoved = "YES"
-    dataset.DeidentificationMethod = [method for method in earlier_methods if method != METHOD] + [METHOD]
+    import dicognito  # Deidentifier required it
+
+    method = METHOD.format(version=dicognito.__version__)
+    dataset.DeidentificationMethod = [earlier for earlier in earlier_methods if earlier != method] + [method]
     codes = list(dataset.get("DeidentificationMethodCodeSequence") or [])
     present = {(item.get("CodingSchemeDesignator"), item.get("CodeValue")) for item in codes}
     codes += [_code(value, meaning) for value, meaning in (BASIC_PROFILE, MODIFIED_DATES_OPTION)

@@ -1,4 +1,5 @@
-"""Read a CT/MR scan into one canonical array: a DICOM series folder, a single (Enhanced) DICOM file, or NIfTI.
+"""Read a CT/MR scan into one canonical array: a DICOM series folder, a single (Enhanced) DICOM file, NIfTI, or
+MetaImage / NRRD (``cdm4mi.io.itk_files``, SimpleITK).
 
 Canonical orientation: ``Scan.array`` is ``[D, H, W]`` with axis codes ``SPL``: index d grows towards the
 patient's head (Superior), h towards the back (Posterior), w towards the patient's Left. That is DICOM's
@@ -47,10 +48,11 @@ from pydicom.dataset import Dataset
 from cdm4mi.io.budget import check_deflated_dicom, check_nifti, check_voxels
 from cdm4mi.io.geometry_tags import orientation_cosines, positive_mm, tag_number, tag_numbers
 from cdm4mi.io.header_values import pydicom_logs_dropped, unvalidated
+from cdm4mi.io.itk_files import is_itk_image, read_itk_image
 from cdm4mi.io.pixel_checks import PIXEL_KEYWORDS, check_image_attributes, check_pixel_data, frame_count
 
 CANONICAL_AXCODES = "SPL"
-SOURCES = ("dicom-series", "dicom-file", "nifti")
+SOURCES = ("dicom-series", "dicom-file", "nifti", "itk-image", "array")  # array: given in memory (cdm4mi.load_denoiser)
 RESAMPLE_MODES = ("bilinear", "nearest")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _PIXEL_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in PIXEL_KEYWORDS)
@@ -108,7 +110,8 @@ def load_scan(path: str | Path, series_uid: str | None = None, modality: str | N
 
     Args:
         path: a folder holding a DICOM series (files directly inside it), a DICOM Part-10 file (classic or
-            Enhanced multi-frame), or a ``.nii`` / ``.nii.gz`` file.
+            Enhanced multi-frame), a ``.nii`` / ``.nii.gz`` file, or a MetaImage (``.mha``, ``.mhd``) or NRRD
+            (``.nrrd``, ``.nhdr``) file.
         series_uid: SeriesInstanceUID to read when the folder holds several series.
         modality: 'CT', 'MR', ...: names NIfTI data; for DICOM it must agree with the Modality tag.
 
@@ -128,6 +131,9 @@ def load_scan(path: str | Path, series_uid: str | None = None, modality: str | N
         raise ValueError(f"{path}: series_uid selects a series inside a folder; pass the folder instead of a file")
     if path.name.lower().endswith(_NIFTI_SUFFIXES) and not path.is_dir():
         return _load_nifti(path, modality)
+    if is_itk_image(path) and not path.is_dir():
+        array, affine = read_itk_image(path)
+        return _volume_scan(path, array, affine, modality, "itk-image")
     with unvalidated():  # pydicom's own validation warnings would quote header values: names, dates, UIDs
         if path.is_dir():
             return _load_dicom(path, _choose_series(path, _dicom_images(path), series_uid), "dicom-series", modality)
@@ -203,6 +209,12 @@ def _load_nifti(path: Path, modality: str | None) -> Scan:
     except Exception as err:  # nibabel raises many types for corrupt or foreign files
         raise ValueError(f"{path}: unreadable NIfTI file ({_one_line(err)})") from None
     array, affine = np.asarray(array, dtype=np.float32), np.asarray(meta["affine"], dtype=np.float64)
+    return _volume_scan(path, array, affine, modality, "nifti")
+
+
+def _volume_scan(path: Path, array: np.ndarray, affine: np.ndarray, modality: str | None, source: str) -> Scan:
+    """A volume in its file's voxel order (x fastest, NIfTI's ``[i, j, k]``) with the RAS affine of that index, as a
+    canonical ``Scan`` that remembers the file's axis codes (outputs are written in the input's voxel order)."""
     while array.ndim > 3 and array.shape[-1] == 1:  # NIfTI keeps unit time/vector dimensions
         array = array[..., 0]
     if array.ndim == 2:
@@ -214,7 +226,7 @@ def _load_nifti(path: Path, modality: str | None) -> Scan:
     source_axcodes = "".join(nib.aff2axcodes(affine))
     array, affine = reorient(array, affine, CANONICAL_AXCODES)
     _check_finite(path, array)
-    return Scan(array, affine, _spacing(affine), modality or "OT", "nifti", None, source_axcodes)
+    return Scan(array, affine, _spacing(affine), modality or "OT", source, None, source_axcodes)
 
 
 def _read_header(path: Path) -> Dataset:

@@ -16,8 +16,6 @@ branch to the condition's tokens in every block. Self-attention runs within wind
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -29,42 +27,11 @@ from cdm4mi.models.conditioning import (
     grid_position_embedding,
 )
 from cdm4mi.models.embeddings import TimestepEmbedding
-from cdm4mi.models.inputs import batch_timesteps, check_spatial_shape, stack_condition
+from cdm4mi.models.inputs import batch_timesteps, check_spatial_shape, stack_condition, unpatchify
 from cdm4mi.models.options import ConditioningKey, check_dropout
 from cdm4mi.models.registry import BACKBONES
 
 TIME_FREQUENCIES = 256  # sinusoidal features of the timestep, as in DiT
-
-
-def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[B, C, *S] -> [B, N, C * patch_size^d]: one row per patch, patches in raster order of the grid.
-
-    Features are ordered (channel, then position within the patch, axis by axis): the order in which a
-    strided convolution's weight [hidden, C, p, ..., p] flattens, so ``conv(x)`` is a linear map of a row.
-    """
-    batch, channels, *spatial = x.shape
-    if any(size % patch_size for size in spatial):
-        raise ValueError(f"x: spatial size {tuple(spatial)} must be divisible by network.patch_size {patch_size}")
-    dims = len(spatial)
-    grid = [size // patch_size for size in spatial]
-    shape = [batch, channels] + [n for count in grid for n in (count, patch_size)]
-    # [B, C, g_1, p, g_2, p, ...] -> [B, g_1, g_2, ..., C, p, p, ...]
-    order = [0] + [2 + 2 * d for d in range(dims)] + [1] + [3 + 2 * d for d in range(dims)]
-    return x.reshape(shape).permute(order).reshape(batch, math.prod(grid), channels * patch_size**dims)
-
-
-def unpatchify(tokens: torch.Tensor, patch_size: int, spatial: tuple[int, ...], channels: int) -> torch.Tensor:
-    """The inverse of ``patchify``: [B, N, C * patch_size^d] -> [B, C, *spatial] (sizes in pixels / voxels)."""
-    dims = len(spatial)
-    grid = [size // patch_size for size in spatial]
-    expected = (math.prod(grid), channels * patch_size**dims)
-    if any(size % patch_size for size in spatial) or tuple(tokens.shape[1:]) != expected:
-        raise ValueError(f"tokens: {tuple(tokens.shape)} are not {patch_size}-patches of a {channels}-channel "
-                         f"image of size {tuple(spatial)} (expected [B, {expected[0]}, {expected[1]}])")
-    patches = tokens.reshape(tokens.shape[0], *grid, channels, *[patch_size] * dims)
-    # [B, g_1, ..., C, p, ...] -> [B, C, g_1, p, g_2, p, ...]
-    order = [0, 1 + dims] + [axis for d in range(dims) for axis in (1 + d, 2 + dims + d)]
-    return patches.permute(order).reshape(tokens.shape[0], channels, *spatial)
 
 
 def _modulate(tokens: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,9 @@
-"""Checks and preparation every image backbone shares: level widths, timesteps, spatial sizes, stacking."""
+"""Checks and preparation every image backbone shares: level widths, timesteps, spatial sizes, stacking,
+and the space-to-depth rearrangement (FFDNet's pixel unshuffle, DiT's patches)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -46,3 +49,49 @@ def check_level_widths(widths: list[int], attends: list[bool], norm_groups: int,
         if attend and width % num_head_channels:
             raise ValueError(f"network.num_head_channels: {num_head_channels} does not divide attention level "
                              f"width {width}{attention_note}")
+
+
+def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, C, *S] -> [B, N, C * patch_size^d]: one row per patch, patches in raster order of the grid.
+
+    Features are ordered (channel, then position within the patch, axis by axis): the order in which a
+    strided convolution's weight [hidden, C, p, ..., p] flattens, so ``conv(x)`` is a linear map of a row.
+    """
+    batch, channels, *spatial = x.shape
+    if any(size % patch_size for size in spatial):
+        raise ValueError(f"x: spatial size {tuple(spatial)} must be divisible by network.patch_size {patch_size}")
+    dims = len(spatial)
+    grid = [size // patch_size for size in spatial]
+    shape = [batch, channels] + [n for count in grid for n in (count, patch_size)]
+    # [B, C, g_1, p, g_2, p, ...] -> [B, g_1, g_2, ..., C, p, p, ...]
+    order = [0] + [2 + 2 * d for d in range(dims)] + [1] + [3 + 2 * d for d in range(dims)]
+    return x.reshape(shape).permute(order).reshape(batch, math.prod(grid), channels * patch_size**dims)
+
+
+def unpatchify(tokens: torch.Tensor, patch_size: int, spatial: tuple[int, ...], channels: int) -> torch.Tensor:
+    """The inverse of ``patchify``: [B, N, C * patch_size^d] -> [B, C, *spatial] (sizes in pixels / voxels)."""
+    dims = len(spatial)
+    grid = [size // patch_size for size in spatial]
+    expected = (math.prod(grid), channels * patch_size**dims)
+    if any(size % patch_size for size in spatial) or tuple(tokens.shape[1:]) != expected:
+        raise ValueError(f"tokens: {tuple(tokens.shape)} are not {patch_size}-patches of a {channels}-channel "
+                         f"image of size {tuple(spatial)} (expected [B, {expected[0]}, {expected[1]}])")
+    patches = tokens.reshape(tokens.shape[0], *grid, channels, *[patch_size] * dims)
+    # [B, g_1, ..., C, p, ...] -> [B, C, g_1, p, g_2, p, ...]
+    order = [0, 1 + dims] + [axis for d in range(dims) for axis in (1 + d, 2 + dims + d)]
+    return patches.permute(order).reshape(tokens.shape[0], channels, *spatial)
+
+
+def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """[B, C, *S] -> [B, C * factor^d, *S / factor]: each factor^d block of pixels / voxels becomes channels
+    (in 2D exactly ``F.pixel_unshuffle``); ``patchify`` with the patches laid back on their grid."""
+    batch, channels, *spatial = x.shape
+    grid = [size // factor for size in spatial]
+    return patchify(x, factor).transpose(1, 2).reshape(batch, channels * factor ** len(spatial), *grid)
+
+
+def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The inverse of ``space_to_depth``: [B, C * factor^d, *G] -> [B, C, *G * factor] (``F.pixel_shuffle`` in 2D)."""
+    batch, features, *grid = x.shape
+    channels = features // factor ** len(grid)
+    return unpatchify(x.flatten(2).transpose(1, 2), factor, tuple(size * factor for size in grid), channels)

@@ -4,11 +4,16 @@ built; the checks below also guard a backbone constructed directly."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional, get_args
+from typing import Annotated, Literal, Optional, get_args
+
+import pydantic
 
 # How an image backbone takes its condition (cdm4mi.models.conditioning); None: unconditional.
 ConditioningKey = Optional[Literal["concat", "crossattn", "hybrid", "adaln"]]
 CONDITIONING_KEYS = (None, *get_args(get_args(ConditioningKey)[0]))
+
+# Pixels (voxels) per side folded into channels before the first level and unfolded after the last (1: none).
+PixelUnshuffle = Annotated[int, pydantic.Field(ge=1, le=8)]
 
 
 def check_dropout(dropout: float) -> None:

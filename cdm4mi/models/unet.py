@@ -8,6 +8,9 @@ image and of metadata; ``hybrid`` does both; ``adaln`` turns every residual bloc
 AdaLN-Zero (scale, shift and gate from the time + condition embedding, zero at initialisation, so each
 block starts as the identity; Peebles & Xie 2023). Self-attention runs within windows of at most
 ``attention_window`` tokens per axis (``cdm4mi.models.attention``).
+``pixel_unshuffle: f`` folds every f x f (x f) block of the input into channels before the first level and
+unfolds the output the same way (space-to-depth stem and depth-to-space head, as FFDNet's; Zhang et al. 2018):
+the levels run on an image f times smaller per side, about f^d times fewer operations.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from cdm4mi.models.inputs import (
     batch_timesteps,
     check_level_widths,
     check_spatial_shape,
+    depth_to_space,
+    space_to_depth,
     stack_condition,
 )
-from cdm4mi.models.options import ConditioningKey, check_dropout
+from cdm4mi.models.options import ConditioningKey, PixelUnshuffle, check_dropout
 from cdm4mi.models.registry import BACKBONES
 
 
@@ -140,6 +145,12 @@ class ConditionalUNet(nn.Module):
     channels, the slice itself for a 2.5D slab). For an x0-predicting denoiser this is residual learning
     (DnCNN, RED-CNN): with the zero-initialised head the untrained model returns its low-dose input, and the
     network only learns the correction, which few training scans teach far better than the whole image.
+
+    ``pixel_unshuffle`` (f, default 1: off): the stacked input [B, C, *S] enters as [B, C * f^d, *S / f] and the
+    head's [B, C_out * f^d, *S / f] leaves as [B, C_out, *S] (``space_to_depth`` / ``depth_to_space``); every
+    side must then divide by ``f * 2^(levels - 1)`` (``size_multiple``). The condition (and ``condition_skip``)
+    stays at full resolution. With f = 2 a 512 x 512 slice runs its first level at 256 x 256: 5-6x faster on 2 CPU
+    cores (benchmarks/bench_denoise.py).
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 2, out_channels: int = 1, base_channels: int = 64,
@@ -150,13 +161,15 @@ class ConditionalUNet(nn.Module):
                  cond_channels: Optional[int] = None, vector_dim: int = 0, num_classes: int = 0,
                  cond_drop_prob: float = 0.0, cond_patch_size: int = 8, token_dim: int = 128,
                  max_cond_tokens: int = 256, attention_window: Optional[int] = None,
-                 gradient_checkpointing: bool = False, condition_skip: bool = False):
+                 gradient_checkpointing: bool = False, condition_skip: bool = False,
+                 pixel_unshuffle: PixelUnshuffle = 1):
         super().__init__()
         channel_mult, attention_levels = list(channel_mult), list(attention_levels)
         _validate_options(spatial_dims, base_channels, channel_mult, attention_levels, num_head_channels, dropout,
                           norm_groups, conditioning_key, attention_window)
         self.spatial_dims, self.in_channels, self.conditioning_key = spatial_dims, in_channels, conditioning_key
-        self.size_multiple = 2 ** (len(channel_mult) - 1)
+        self.pixel_unshuffle = pixel_unshuffle
+        self.size_multiple = pixel_unshuffle * 2 ** (len(channel_mult) - 1)
         self.gradient_checkpointing = gradient_checkpointing
         self.cond_drop_prob = cond_drop_prob
         if condition_skip and conditioning_key not in ("concat", "hybrid", "adaln"):
@@ -179,7 +192,8 @@ class ConditionalUNet(nn.Module):
             return ResAttnBlock(ResBlock(spatial_dims, c_in, c_out, emb_dim, dropout, norm_groups, adaln), attention,
                                 _conv(spatial_dims, c_out, c_out) if upsample else None)
 
-        self.conv_in = _conv(spatial_dims, in_channels, base_channels)
+        folded = pixel_unshuffle**spatial_dims  # channels per input channel after space-to-depth
+        self.conv_in = _conv(spatial_dims, in_channels * folded, base_channels)
         self.encoder, skip_channels, channels = nn.ModuleList(), [base_channels], base_channels
         for level, (mult, attend) in enumerate(zip(channel_mult, attention_levels)):
             for _ in range(num_res_blocks):
@@ -202,17 +216,21 @@ class ConditionalUNet(nn.Module):
                 channels = base_channels * channel_mult[level]
 
         self.head = nn.Sequential(nn.GroupNorm(norm_groups, channels), nn.SiLU(),
-                                  zeroed(_conv(spatial_dims, channels, out_channels)))
+                                  zeroed(_conv(spatial_dims, channels, out_channels * folded)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int | float, cond: object = None) -> torch.Tensor:
         """Predict from noisy ``x`` at timesteps ``t`` (integer or fractional; a scalar is shared by the batch)."""
-        check_spatial_shape(x, self.spatial_dims, self.size_multiple, "2 ** (len(channel_mult) - 1)")
+        check_spatial_shape(x, self.spatial_dims, self.size_multiple,
+                            "pixel_unshuffle * 2 ** (len(channel_mult) - 1)" if self.pixel_unshuffle > 1
+                            else "2 ** (len(channel_mult) - 1)")
         condition = self.condition(cond, x)
         h = stack_condition(x, condition.image, self.in_channels)
         emb = self.time_embedding(batch_timesteps(t, x))
         if condition.embedding is not None:
             emb = emb + condition.embedding
         context = condition.tokens
+        if self.pixel_unshuffle > 1:
+            h = space_to_depth(h, self.pixel_unshuffle)
         h = self.conv_in(h)
         skips = [h]
         for block in self.encoder:
@@ -222,10 +240,13 @@ class ConditionalUNet(nn.Module):
             h = self._run(block, h, emb, context)
         for block in self.decoder:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context)
+        out = self.head(h)
+        if self.pixel_unshuffle > 1:
+            out = depth_to_space(out, self.pixel_unshuffle)
         if self.condition_skip and condition.image is not None:
             centre = (condition.image.shape[1] - self.out_channels) // 2
-            return self.head(h) + condition.image[:, centre : centre + self.out_channels]
-        return self.head(h)
+            return out + condition.image[:, centre : centre + self.out_channels]
+        return out
 
     def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
         # Checkpointing trades a second forward pass for not storing activations; only useful when training.

@@ -5,8 +5,8 @@ SSIM against the full dose are logged beside those of the low-dose input, with a
 
 CT (the ``hu_window`` normalization): in HU, clipped to ``WINDOW`` [-1000, 1000] with data range 2000, as
 ``cdm4mi evaluate`` scores by default. Other normalizations: in model units, data range the target's span.
-Metrics are MONAI's (``PSNRMetric``, ``SSIMMetric``); slices are scored whole (padded to the network's multiple
-for sampling, cropped back).
+Metrics are MONAI's (``PSNRMetric``, ``SSIMMetric``, 2D or 3D as the data); items are scored whole (padded to the
+network's multiple for sampling, cropped back).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ class DenoisingValidation(Callback):
                                 batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking or pl_module.task != "denoise":
             return
-        height, width = batch["x0"].shape[-2:]
+        crop = (..., *(slice(0, size) for size in batch["x0"].shape[2:]))  # padded for sampling, scored unpadded
         padded = pad_images(batch, pl_module.backbone.size_multiple)
-        denoised = denoise_batch(pl_module, padded["cond"], self.seed + batch_idx)[..., :height, :width]
+        denoised = denoise_batch(pl_module, padded["cond"], self.seed + batch_idx)[crop]
         image = condition_image(batch["cond"])
         low_dose = image[:, image.shape[1] // 2 :][:, :1]
         target = batch["x0"]
@@ -62,7 +62,8 @@ def denoise_batch(module: DiffusionModule, cond: object, seed: int) -> torch.Ten
     denoises a scan: warm start at the noise estimated on its centre slices (the model's
     ``data.noise_estimator``), the config's sampler and steps, one draw seeded with ``seed``."""
     image = condition_image(cond)
-    slices = image[:, image.shape[1] // 2].float().cpu().numpy()
+    centre = image[:, image.shape[1] // 2].float().cpu()
+    slices = centre.reshape(-1, *centre.shape[-2:]).numpy()  # [B(, D), H, W] -> slices
     sigma = estimate_input_noise(slices, module.preprocessing.normalizer(), module.preprocessing.noise_estimator)
     generator = torch.Generator(device=module.device).manual_seed(seed)
     return WarmStartSampler(module, None, None, warm_start_timestep(module, sigma), sigma, generator)(cond)
@@ -82,7 +83,10 @@ class Scale:
         span = float(target.max() - target.min()) if self.hu is None else WINDOW[1] - WINDOW[0]
         self.data_range = max(span, 1e-6)
         self.psnr = PSNRMetric(max_val=self.data_range, reduction="mean")
-        self.ssim = SSIMMetric(spatial_dims=2, data_range=self.data_range, reduction="mean")
+        # a thin 3D patch: SSIM's 11-voxel window shrinks to fit along that axis (odd, as the window must be)
+        window = [max(min(11, size - (1 - size % 2)), 1) for size in target.shape[2:]]
+        self.ssim = SSIMMetric(spatial_dims=target.ndim - 2, data_range=self.data_range, win_size=window,
+                               reduction="mean")
 
     def __call__(self, units: torch.Tensor) -> torch.Tensor:
         units = units.float()
@@ -102,8 +106,12 @@ def log_preview(trainer: L.Trainer, scale: Scale, low_dose: torch.Tensor, denois
     logger = next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
     if logger is None or count == 0:
         return
-    rows = [torch.cat([scale(image[k, 0]) for image in (low_dose, denoised, target)], dim=-1) for k in range(
-        min(count, target.shape[0]))]
+    def plane(image: torch.Tensor, k: int) -> torch.Tensor:  # a 3D patch shows its middle slice
+        picture = image[k, 0]
+        return picture if picture.ndim == 2 else picture[picture.shape[0] // 2]
+
+    rows = [torch.cat([scale(plane(image, k)) for image in (low_dose, denoised, target)], dim=-1)
+            for k in range(min(count, target.shape[0]))]
     grid = torch.cat(rows, dim=-2)
     low, high = (WINDOW if scale.hu is not None else (float(grid.min()), float(grid.max())))
     picture = ((grid - low) / max(high - low, 1e-6)).clamp(0, 1).cpu().numpy().astype(np.float32)

@@ -81,3 +81,20 @@ def test_vector_configs_build(name):
     x = torch.randn(3, network["dim"])
     cond = {"label": torch.tensor([0, 1, 2])} if network.get("num_classes") else None
     assert model(x, torch.tensor([1.0, 500.0, 999.0]), cond).shape == x.shape
+
+
+def test_a_shipped_config_is_found_by_name_and_a_file_by_path(tmp_path, monkeypatch):
+    from cdm4mi.presets import CONFIG_DIR, resolve_config, shipped_configs
+
+    assert set(shipped_configs()) == {path.stem for path in CONFIGS}  # the checkout's configs/ is the package's
+    assert resolve_config("ldct_2d") == resolve_config("ldct_2d.yaml") == CONFIG_DIR / "ldct_2d.yaml"
+    assert load_config("ldct_2d_crossattn") == load_config(CONFIG_DIR / "ldct_2d_crossattn.yaml")  # base: resolved too
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy2d.yaml").write_text("network: {name: simple_score}\ndata: {name: moons}\n")
+    assert resolve_config("toy2d.yaml") == Path("toy2d.yaml")  # a file of that path wins over the shipped config
+    assert load_config("toy2d.yaml").data == {"name": "moons"} and load_config("toy2d").data["name"] == "gaussian_mixture"
+    with pytest.raises(ValueError, match=r"^--config: no shipped config named 'ldct_9d'; shipped: cifar10_dit, "):
+        load_config("ldct_9d")
+    with pytest.raises(ValueError, match=r"^--config: file not found: configs/ldct_2d.yaml; the shipped config of that "
+                                         r"name is --config ldct_2d$"):
+        load_config("configs/ldct_2d.yaml")  # a README path, run outside the checkout

@@ -23,6 +23,10 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     assert summary["hu_window"] == [-1000.0, 1000.0] and summary["data_range"] == 2000.0
     assert (out / "evaluation" / "metrics.csv").is_file() and list((out / "evaluation" / "figures").glob("*.png"))
+    # The physicist's columns and lesion detectability, printed and written (cdm4mi evaluate --detectability).
+    for column in ("noise HU", "bias HU", "NPS peak /mm", "MTF50 /mm", "lesion contrast kept", "lesions kept"):
+        assert column in printed
+    assert (out / "evaluation" / "physics.csv").is_file() and set(summary["physics"]) >= {"measures", "detectability"}
     assert list((out / "denoised").iterdir())[0].is_dir()  # a DICOM series folder
     assert "PHANTOM-" not in printed and "Phantom^" not in printed  # only pseudonyms are shown
     assert main(["demo", "--out", str(out), "--patients", "4", "--max-steps", "4"]) == 2  # no --overwrite

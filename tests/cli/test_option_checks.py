@@ -9,6 +9,7 @@ block; ``main`` returns 2 where argparse would exit, 0 for --help and --version)
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -59,7 +60,7 @@ def test_help_and_version_exit_0(capsys):
 
 
 GOOD = {  # command line -> parsed values: the checks refuse nothing a user may mean
-    "denoise --steps 1 --eta 0 --t-start auto --samples 1 --batch-size 1 --seed 0 --device cpu":
+    "denoise --steps 1 --eta 0 --t-start auto --draws 1 --batch-size 1 --seed 0 --device cpu":
         {"steps": 1, "eta": 0.0, "t_start": None, "samples": 1, "batch_size": 1, "seed": 0, "device": "cpu"},
     "denoise --t-start 0 --eta 1.5 --device auto": {"t_start": 0, "eta": 1.5},
     "evaluate --window -1000 -999.5 --folds 2 --t-start 7": {"window": [-1000.0, -999.5], "folds": 2, "t_start": 7},
@@ -86,7 +87,8 @@ def test_good_values_pass_the_checks(line):
 HEAVY = ("torch", "monai", "lightning", "scipy", "nibabel", "SimpleITK", "matplotlib", "skimage", "pandas")
 
 
-@pytest.mark.parametrize("command", ["", "simulate", "manifest", "train", "sample", "denoise", "evaluate", "demo"])
+@pytest.mark.parametrize("command", ["", "simulate", "manifest", "train", "sample", "denoise", "evaluate", "export", "info",
+                                     "demo"])
 def test_help_imports_no_heavy_library(command):
     """``cdm4mi [COMMAND] --help`` answers without importing torch, MONAI or Lightning (each command imports them
     as it runs): the README's under-a-second help. Checked by the modules loaded, not by a timing."""
@@ -95,3 +97,34 @@ def test_help_imports_no_heavy_library(command):
               f"print(status, sorted(m for m in {HEAVY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    """Every sub-command's parser, by name."""
+    [subparsers] = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return dict(subparsers.choices)
+
+
+@pytest.mark.parametrize("command", list(commands()))
+def test_help_shows_every_default(command):
+    """An option with a value when it is not given says which in --help (the value, or what decides it)."""
+    parser = commands()[command]
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.option_strings and argparse.SUPPRESS not in (action.help, action.default) and action.default not in (None, False, []):
+            assert "default" in formatter._expand_help(action), (command, action.option_strings)
+
+
+def test_one_vocabulary_with_the_old_spellings_kept():
+    """--output everywhere (--out too), --draws per scan (--samples too), --num-samples for generated samples."""
+    for command, required in (("manifest", []), ("sample", ["--checkpoint", "c"]), ("evaluate", []), ("demo", [])):
+        for spelling in ("--output", "--out"):
+            assert build_parser().parse_args([command, *required, spelling, "x.npy"]).output == "x.npy"
+    for command, required in (("denoise", ["--checkpoint", "c", "--input", "i", "--output", "o"]), ("evaluate", ["--output", "o"])):
+        for spelling in ("--draws", "--samples"):
+            assert build_parser().parse_args([command, *required, spelling, "3"]).samples == 3
+    assert build_parser().parse_args(["sample", "--checkpoint", "c", "--output", "o.npy", "--num-samples", "7"]).num_samples == 7
+    assert build_parser().parse_args(["evaluate", "--output", "o", "--num-samples", "7"]).num_samples == 7
+    helps = {command: " ".join(parser.format_help().split()) for command, parser in commands().items()}
+    assert all("--output" in helps[command] for command in ("simulate", "manifest", "sample", "denoise", "evaluate", "demo"))
+    assert not any("--num-samples" in helps[command] for command in ("denoise",))

@@ -84,7 +84,7 @@ def test_staged_folder_replaces_no_entry_that_appeared_meanwhile(tmp_path, renam
         rename(source, target)
 
     monkeypatch.setattr(atomic, "rename_noreplace", another_run_first)
-    with pytest.raises(FileExistsError, match="--out: .*metrics.csv " + re.escape(APPEARED)), \
+    with pytest.raises(FileExistsError, match="--output: .*metrics.csv " + re.escape(APPEARED)), \
             staged_folder(out) as stage:
         (stage / "metrics.csv").write_text("this run\n")
     assert (out / "metrics.csv").read_text() == "another run\n"
@@ -211,7 +211,7 @@ def test_evaluate_out_inside_the_data_is_refused_and_writes_nothing(cohort, insi
                    str(cohort["manifest"]), "--out", str(out), "--overwrite"])
     assert status == 2
     line = error_line(capsys, "evaluate")
-    assert f"--out: {out} is or lies inside {named} " in line and "cdm4mi never writes into what it reads" in line, line
+    assert f"--output: {out} is or lies inside {named} " in line and "cdm4mi never writes into what it reads" in line, line
     assert sorted(str(path) for path in cohort["root"].rglob("*")) == before
 
 

@@ -128,7 +128,7 @@ def test_full_dose_only_manifest_trains_and_denoises(real_ct, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--config", "configs/ldct_2d.yaml", f"data.manifest={path}", f"output_dir={run}",
                  "training.max_steps=6", "training.val_every_n_steps=3", "training.val_batches=1",
-                 "training.batch_size=4", "data.patch_size=[40, 40]", "training.progress_bar=false",
+                 "training.batch_size=4", "data.patch_size=[48, 48]", "training.progress_bar=false",
                  "training.preview_samples=2", "training.checkpoint_every_n_steps=6"]) == 0
     # the recipe calibrates its uncertainty on the cohort's validation patient after training
     printed = capsys.readouterr().out

@@ -11,34 +11,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from cli_runs import REPO
+from model_files import CT_STATE, random_checkpoint
 from scan_files import CT_SMALL
 from torch.overrides import TorchFunctionMode
 
 from cdm4mi.cli.main import build_parser, main
-from cdm4mi.config import load_config
 from cdm4mi.inference import runtime
 from cdm4mi.inference.denoise import denoise_volume
 from cdm4mi.training.checkpoint import load_module
-from cdm4mi.training.module import DiffusionModule
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 SMALL_UNET = ["network.base_channels=16", "network.norm_groups=8", "network.num_head_channels=16"]
-CT_STATE = {"modality": "CT", "normalization": {"name": "hu_window"}}
-
-
-def random_checkpoint(path: Path, config: str, data_state: dict | None, *overrides: str) -> Path:
-    """A checkpoint of a shipped config's model with every weight random (zero-initialised layers included, so
-    the network's output depends on its input), stored as ``cdm4mi train`` stores one."""
-    module = DiffusionModule(load_config(REPO / "configs" / config, list(overrides)).model_dump(mode="json"), data_state)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "cdm4mi": module.model_card()}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

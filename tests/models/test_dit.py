@@ -11,7 +11,8 @@ import torch
 from cdm4mi.config import load_config
 from cdm4mi.models import build_backbone
 from cdm4mi.models import dit as dit_module
-from cdm4mi.models.dit import DiT, DiTBlock, FinalLayer, patchify, unpatchify
+from cdm4mi.models.dit import DiT, DiTBlock, FinalLayer
+from cdm4mi.models.inputs import patchify, unpatchify
 
 TINY = {"hidden_size": 32, "depth": 2, "num_head_channels": 8, "patch_size": 2, "token_dim": 16, "cond_patch_size": 4}
 

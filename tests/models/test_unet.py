@@ -1,5 +1,5 @@
 """ConditionalUNet: shapes in 2D/3D, zero init, conditioning and time dependence, batch independence,
-gradient checkpointing, and the errors a user sees for inconsistent options or inputs."""
+gradient checkpointing, the pixel-unshuffle stem and head, and the errors a user sees for inconsistent options or inputs."""
 
 import pytest
 import torch
@@ -214,3 +214,67 @@ def test_a_registered_backbone_must_keep_the_protocol():
         BACKBONES._entries.pop("no_protocol_for_test")
     for name, options in (("unet", TINY), ("residual_mlp", {"dim": 4, "hidden_dim": 8}), ("simple_score", {})):
         assert isinstance(build_backbone(name, **options), Backbone)
+
+
+def test_space_to_depth_is_pixel_unshuffle_and_round_trips_in_2d_and_3d():
+    from cdm4mi.models.inputs import depth_to_space, space_to_depth
+
+    image = torch.randn(2, 3, 8, 12)
+    folded = space_to_depth(image, 2)
+    torch.testing.assert_close(folded, torch.nn.functional.pixel_unshuffle(image, 2), rtol=0, atol=0)
+    # channel order (channel, row offset, column offset), as a strided convolution's weight flattens
+    assert folded[1, 2 * 4 + 2 * 1 + 1, 3, 5] == image[1, 2, 2 * 3 + 1, 2 * 5 + 1]
+    torch.testing.assert_close(depth_to_space(folded, 2), image, rtol=0, atol=0)
+    torch.testing.assert_close(depth_to_space(folded, 2), torch.nn.functional.pixel_shuffle(folded, 2), rtol=0, atol=0)
+    volume = torch.randn(1, 2, 6, 9, 3)
+    folded = space_to_depth(volume, 3)
+    assert folded.shape == (1, 2 * 27, 2, 3, 1)
+    assert folded[0, 27 + 9 * 2 + 3 * 1 + 0, 1, 2, 0] == volume[0, 1, 3 + 2, 6 + 1, 0]
+    torch.testing.assert_close(depth_to_space(folded, 3), volume, rtol=0, atol=0)
+
+
+def test_pixel_unshuffle_runs_the_levels_on_a_smaller_image_in_2d_and_3d():
+    x, t, cond = inputs(2, (16, 16))
+    model = perturbed(tiny(pixel_unshuffle=2))
+    assert model.size_multiple == 4 and model.conv_in.in_channels == 2 * 4 and model.head[-1].out_channels == 4
+    sizes = []
+    model.conv_in.register_forward_hook(lambda module, args, out: sizes.append(tuple(out.shape[2:])))
+    out = model(x, t, cond)
+    assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all() and sizes == [(8, 8)]
+    volume_x, volume_t, volume_cond = inputs(2, (8, 16, 12))
+    volume_model = perturbed(tiny(spatial_dims=3, pixel_unshuffle=2))
+    assert volume_model.conv_in.in_channels == 2 * 8
+    assert volume_model(volume_x, volume_t, volume_cond).shape == (2, 1, 8, 16, 12)
+    with pytest.raises(ValueError, match=r"x: spatial size \(18, 16\) must be divisible by 4 \(pixel_unshuffle \* 2"):
+        model(torch.zeros(2, 1, 18, 16), t, torch.zeros(2, 1, 18, 16))
+
+
+def test_pixel_unshuffle_is_the_plain_unet_on_the_unshuffled_image():
+    """The stem and head only rearrange pixels: a pixel_unshuffle=2 U-Net is a plain U-Net (same weights) that
+    takes the unshuffled noisy image and condition and whose output is shuffled back."""
+    from cdm4mi.models.inputs import depth_to_space, space_to_depth
+
+    x, t, cond = inputs(2, (16, 16))
+    folded_model = perturbed(tiny(pixel_unshuffle=2, vector_dim=2))
+    plain = tiny(in_channels=8, out_channels=4, cond_channels=4, vector_dim=2)
+    plain.load_state_dict(folded_model.state_dict())  # same parameter shapes: conv_in 8 -> 16, head 16 -> 4
+    vector = torch.randn(2, 2)
+    expected = depth_to_space(plain.eval()(space_to_depth(x, 2), t,
+                                           {"image": space_to_depth(cond, 2), "vector": vector}), 2)
+    torch.testing.assert_close(folded_model(x, t, {"image": cond, "vector": vector}), expected)
+
+
+def test_pixel_unshuffle_keeps_condition_skip_and_trains():
+    x, t, cond = inputs(2, (16, 16))
+    model = tiny(pixel_unshuffle=2, condition_skip=True, conditioning_key="adaln", vector_dim=2)
+    condition = {"image": cond, "vector": torch.ones(2, 2)}
+    assert torch.equal(model(x, t, condition), cond)  # zero head: still the low-dose input at full resolution
+    perturbed(model).train()
+    (model(x, t, condition) - x).square().mean().backward()
+    unused = {"condition.null_embedding"}  # only a dropped condition uses it
+    for name, parameter in model.named_parameters():
+        if name not in unused:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="network.pixel_unshuffle"):
+        BACKBONES.build("unet", **TINY, pixel_unshuffle=0)
+    assert BACKBONES.build("unet", **TINY, pixel_unshuffle="2").size_multiple == 4
