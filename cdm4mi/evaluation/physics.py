@@ -58,10 +58,12 @@ def find_uniform_rois(full_dose_hu: np.ndarray, roi_px: int = 16, max_per_slice:
     """
     volume = _as_volume(full_dose_hu, "full_dose_hu")
     size = int(roi_px)
-    if size < 4 or size > min(volume.shape[1:]) or max_per_slice < 1 or not max_structure_hu > 0:
-        raise ValueError(f"find_uniform_rois: need 4 <= roi_px <= the slice side, max_per_slice >= 1 and "
-                         f"max_structure_hu > 0; got {size}, {max_per_slice}, {max_structure_hu}")
+    if size < 4 or max_per_slice < 1 or not max_structure_hu > 0:
+        raise ValueError(f"find_uniform_rois: need roi_px >= 4, max_per_slice >= 1 and max_structure_hu > 0; "
+                         f"got {size}, {max_per_slice}, {max_structure_hu}")
     corners = []
+    if size > min(volume.shape[1:]):  # slices smaller than one square (a small field of view): none found
+        return np.zeros((0, 3), dtype=int)
     for index, image in enumerate(volume):
         tissue = soft_tissue_mask(image, body_mask(image)).astype(float)
         structure = _window_plane_sd(ndimage.gaussian_filter(image, smooth_px), size)

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cdm4mi.atomic import atomic_output, staged_folder
+from cdm4mi.atomic import atomic_output, refuse_foreign, staged_folder
 from cdm4mi.training.exported import BUNDLE_WEIGHTS, save_safetensors
 
 FORMATS = ("safetensors", "monai-bundle")
@@ -39,6 +39,9 @@ def card_path(weights: str | Path) -> Path:
     return weights.with_name(weights.name.removesuffix(SAFETENSORS_SUFFIX) + CARD_SUFFIX)
 
 
+BUNDLE_ENTRIES = ("configs", "models", "docs")  # what a bundle export writes into its folder
+
+
 def export_outputs(fmt: str, output: str | Path) -> list[Path]:
     """The paths an export to ``output`` writes (each must be writable); a name that does not fit ``fmt`` is a
     ``ValueError`` naming --output."""
@@ -52,6 +55,8 @@ def export_outputs(fmt: str, output: str | Path) -> list[Path]:
     if output.name.endswith(SAFETENSORS_SUFFIX):
         raise ValueError(f"--output: {output}: a MONAI bundle is a folder; give a folder name, or "
                          "--format safetensors for one file")
+    if output.is_dir():  # now, before the model is read: --overwrite replaces only entries cdm4mi wrote
+        refuse_foreign(output, BUNDLE_ENTRIES, "--output")
     return [output]
 
 
