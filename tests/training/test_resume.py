@@ -95,7 +95,7 @@ def test_slurm_requeue_signal_saves_an_hpc_checkpoint_and_requeues_then_resume_a
              "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
              "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "cdm4mi.cli.main", *train_args(run, "training.max_steps=2000"), "--resume", "auto"]
+    command = [sys.executable, "-m", "cdm4mi.cli.main", *train_args(run, "training.max_steps=1000000"), "--resume", "auto"]
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **slurm}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -115,7 +115,7 @@ def test_slurm_requeue_signal_saves_an_hpc_checkpoint_and_requeues_then_resume_a
     assert calls.read_text() == "requeue 4242\n"
     assert process.returncode == 143 and "terminated (SIGTERM); stopped after step" in err, err[-3000:]
     hpc, last = run / "checkpoints" / "hpc_ckpt_1.ckpt", run / "checkpoints" / "last.ckpt"
-    assert 4 <= step_of(hpc) <= step_of(last) < 2000
+    assert 4 <= step_of(hpc) <= step_of(last) < 1000000
     assert resume_checkpoint(run) == last  # the later step, or last.ckpt on a tie
     # The checkpoint Lightning saved inside its signal handler is one a run resumes from (read weights-only).
     last.unlink()
