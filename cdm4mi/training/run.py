@@ -31,7 +31,7 @@ from cdm4mi.training.safety import (
     RandomState,
     load_error,
 )
-from cdm4mi.training.stopping import SigtermStop, fit_until_stopped
+from cdm4mi.training.stopping import DeferredRequeue, SigtermStop, fit_until_stopped
 from cdm4mi.training.validation import MONITOR, DenoisingValidation
 
 
@@ -74,7 +74,7 @@ def build_trainer(config: Config, denoiser: bool = False) -> L.Trainer:
     training = config.training
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
-    callbacks: list[Callback] = [SigtermStop(checkpoint_dir / LAST_CHECKPOINT),
+    callbacks: list[Callback] = [SigtermStop(checkpoint_dir / LAST_CHECKPOINT), DeferredRequeue(),
                                  FinalCheckpoint(checkpoint_dir / LAST_CHECKPOINT, training.checkpoint_every_n_steps),
                                  RandomState(),
                                  SamplePreviews(training.preview_samples, training.preview_t_start, training.seed,

@@ -13,6 +13,11 @@ gloo), and its loops then stop each rank where it stands, mid-validation include
 SIGTERM in the moment between Lightning installing its handler and training starting still goes its way:
 its ``SIGTERMException`` becomes ``Terminated`` too, and the checkpoints written so far are kept.
 
+SLURM's requeue signal (``#SBATCH --signal=SIGUSR1@90``): Lightning's handler saves ``hpc_ckpt_N.ckpt`` and
+runs ``scontrol requeue`` inside the signal handler, so mid-step, and it hung a run when the signal landed while
+the main thread held a lock that the handler's logger flush and checkpoint save need. ``DeferredRequeue`` moves
+that handler to the end of the step under way, agreed by every rank as for SIGTERM.
+
 Ctrl-C: Lightning catches ``KeyboardInterrupt`` wherever it hits, mid-step, and calls ``sys.exit(1)``. A
 mid-step state cannot be resumed exactly, so no checkpoint is written; the last periodic one is kept.
 ``fit_until_stopped`` raises ``KeyboardInterrupt`` again. The CLI reports the two with exit status 143 and 130,
@@ -77,6 +82,42 @@ class SigtermStop(Callback):
         if not self.path.is_file():
             return f"there is no {self.path.name} to resume from yet"
         return f"the last checkpoint {self.path}{step} is kept"
+
+
+class DeferredRequeue(Callback):
+    """Runs Lightning's SLURM requeue handler (when Lightning installed one: a SLURM job with auto-requeue) at the
+    end of the step in which any rank got the requeue signal, instead of inside the signal handler."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.handler: Any = None
+        self.received = False
+
+    def note(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        environment = trainer._accelerator_connector.cluster_environment
+        signum = getattr(environment, "requeue_signal", None)
+        if signum is None or threading.current_thread() is not threading.main_thread():
+            return
+        handler = signal.getsignal(signum)
+        if callable(handler) and handler != self.note:  # Lightning's, installed as training starts
+            self.signum, self.handler = signum, handler
+            signal.signal(signum, self.note)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.handler is None:  # the same on every rank: all ranks run in the same SLURM job
+            return
+        if trainer.strategy.reduce_boolean_decision(self.received, all=False):
+            self.received = False
+            self.handler(self.signum, None)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(self.signum, self.handler)  # Lightning restores its originals after this
+        self.signum, self.handler = None, None
 
 
 def fit_until_stopped(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,

@@ -10,7 +10,7 @@ from cdm4mi.cli.main import main
 @pytest.mark.slow
 def test_demo_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--patients", "4", "--max-steps", "4"]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--max-steps", "4"]) == 0
     printed = capsys.readouterr().out
     for stage in ("1/5", "2/5", "3/5", "4/5", "5/5", "demo finished"):
         assert stage in printed
@@ -29,4 +29,4 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     assert (out / "evaluation" / "physics.csv").is_file() and set(summary["physics"]) >= {"measures", "detectability"}
     assert list((out / "denoised").iterdir())[0].is_dir()  # a DICOM series folder
     assert "PHANTOM-" not in printed and "Phantom^" not in printed  # only pseudonyms are shown
-    assert main(["demo", "--out", str(out), "--patients", "4", "--max-steps", "4"]) == 2  # no --overwrite
+    assert main(["demo", "--quick", "--out", str(out), "--max-steps", "4"]) == 2  # no --overwrite

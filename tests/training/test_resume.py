@@ -81,6 +81,16 @@ def test_a_fresh_start_refuses_a_run_holding_only_an_hpc_checkpoint_and_resume_n
     assert not (tmp_path / "other").exists()
 
 
+def wait_for(condition, process: subprocess.Popen, deadline: float) -> None:
+    """Poll until ``condition()``; if the process ends or the deadline passes first, kill it and fail with the end
+    of what it printed (never wait for a run that trains until a signal to end by itself)."""
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(process.communicate()[1][-3000:])
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_slurm_requeue_signal_saves_an_hpc_checkpoint_and_requeues_then_resume_auto_goes_on(tmp_path):
     """SLURM as Lightning sees it (its environment variables, a stand-in ``scontrol``): SIGUSR1 (``#SBATCH
@@ -100,18 +110,15 @@ def test_slurm_requeue_signal_saves_an_hpc_checkpoint_and_requeues_then_resume_a
                                stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (run / "checkpoints" / "step0000004.ckpt").exists():
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
-            time.sleep(0.05)
+        wait_for(lambda: (run / "checkpoints" / "step0000004.ckpt").exists(), process, deadline)
         process.send_signal(signal.SIGUSR1)
-        while not calls.exists():
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
-            time.sleep(0.05)
+        wait_for(calls.exists, process, deadline)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
+            process.communicate()
     assert calls.read_text() == "requeue 4242\n"
     assert process.returncode == 143 and "terminated (SIGTERM); stopped after step" in err, err[-3000:]
     hpc, last = run / "checkpoints" / "hpc_ckpt_1.ckpt", run / "checkpoints" / "last.ckpt"
