@@ -147,9 +147,34 @@ def test_a_trainer_option_lightning_refuses_is_bad_input_naming_the_options(tmp_
 # ------------------------------------------------------------------------------------------ real processes
 
 
+STARTED: list[subprocess.Popen] = []
+
+
 def started(argv: list[str], **options) -> subprocess.Popen:
-    return subprocess.Popen([*console_script(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **options)
+    """``cdm4mi ARGV`` as a real process, with Ctrl-C at its default action: a job a shell starts in the background
+    (``make test &``, ``nohup``) inherits SIGINT ignored, as every process it starts would, and these tests send it."""
+    process = subprocess.Popen([*console_script(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **options)
+    STARTED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """A test that fails while its process still runs (a run that trains until a signal) kills it, with the ranks
+    it started."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            try:
+                if os.getpgid(process.pid) == process.pid:  # started in a session of its own: the ranks too
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
+            except ProcessLookupError:
+                pass
+            process.communicate()
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
