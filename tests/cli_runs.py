@@ -100,23 +100,17 @@ def mri_volume(seed: int, shape=(32, 32, 4)) -> np.ndarray:
     return np.clip(volume, 0, None).astype(np.float32)
 
 
-CLI = [sys.executable, "-m", "cdm4mi.cli.main"]
-
-
-def cdm4mi(*args: str, check: bool = True, process: bool = False) -> subprocess.CompletedProcess:
-    """``cdm4mi ARGS`` from the repository root: in this process through ``main`` (what the console script calls;
-    a new process pays some 7 s of imports on 2 cores), or as a real process with ``process``."""
-    if process:
-        result = subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
-    else:
-        stdout, stderr, cwd = io.StringIO(), io.StringIO(), os.getcwd()
-        os.chdir(REPO)
-        try:
-            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-                status = main(list(args))
-        finally:
-            os.chdir(cwd)
-        result = subprocess.CompletedProcess(["cdm4mi", *args], status, stdout.getvalue(), stderr.getvalue())
+def cdm4mi(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``cdm4mi ARGS`` from the repository root, in this process through ``main`` (what the console script calls;
+    a new process would pay some 7 s of imports on 2 cores). Tests of real processes start their own."""
+    stdout, stderr, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = main(list(args))
+    finally:
+        os.chdir(cwd)
+    result = subprocess.CompletedProcess(["cdm4mi", *args], status, stdout.getvalue(), stderr.getvalue())
     if check and result.returncode != 0:
         raise AssertionError(f"cdm4mi {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -14,9 +14,10 @@ SIGTERM in the moment between Lightning installing its handler and training star
 its ``SIGTERMException`` becomes ``Terminated`` too, and the checkpoints written so far are kept.
 
 SLURM's requeue signal (``#SBATCH --signal=SIGUSR1@90``): Lightning's handler saves ``hpc_ckpt_N.ckpt`` and
-runs ``scontrol requeue`` inside the signal handler, so mid-step, and it hung a run when the signal landed while
-the main thread held a lock that the handler's logger flush and checkpoint save need. ``DeferredRequeue`` moves
-that handler to the end of the step under way, agreed by every rank as for SIGTERM.
+runs ``scontrol requeue`` inside the signal handler, so mid-step: it can block on a lock that the interrupted
+code holds (its logger flush and checkpoint save), and under DDP it enters a collective while the other ranks
+are elsewhere. ``DeferredRequeue`` moves that handler to the end of the step under way, agreed by every rank as
+for SIGTERM.
 
 Ctrl-C: Lightning catches ``KeyboardInterrupt`` wherever it hits, mid-step, and calls ``sys.exit(1)``. A
 mid-step state cannot be resumed exactly, so no checkpoint is written; the last periodic one is kept.
