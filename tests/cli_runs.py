@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,24 @@ def train_args(run_dir: Path, *extra: str) -> list[str]:
             "training.progress_bar=false", "data.num_samples=512", "training.batch_size=64", "network.hidden_dim=32",
             "network.num_blocks=1", "training.max_steps=16", "training.warmup_steps=2", "training.val_every_n_steps=8",
             "training.val_batches=1", "training.checkpoint_every_n_steps=4", "training.preview_samples=0", *extra]
+
+
+def wait_for(condition: Callable[[], object], process: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll until ``condition()``; if the process ends or ``timeout`` seconds pass first, kill it and fail with the
+    end of what it printed (never wait for a run that trains until a signal to end by itself)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"waited in vain ({condition.__doc__ or 'condition'}):\n"
+                                 f"{process.communicate()[1][-3000:]}")
+        time.sleep(0.005)
+
+
+def periodic_checkpoint(run_dir: Path) -> Callable[[], bool]:
+    """A condition: a periodic ``checkpoints/step<N>.ckpt`` exists. ``ModelCheckpoint`` keeps only the latest
+    (``save_top_k=1``), so a given step's file may live for milliseconds: wait for any, never for one name."""
+    def exists() -> bool:
+        return any((run_dir / "checkpoints").glob("step*.ckpt"))
+    exists.__doc__ = f"a periodic checkpoint in {run_dir / 'checkpoints'}"
+    return exists

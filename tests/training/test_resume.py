@@ -8,12 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import REPO, train_args
+from cli_runs import REPO, periodic_checkpoint, train_args, wait_for
 
 import cdm4mi.training.run
 from cdm4mi.cli.main import main
@@ -81,16 +80,6 @@ def test_a_fresh_start_refuses_a_run_holding_only_an_hpc_checkpoint_and_resume_n
     assert not (tmp_path / "other").exists()
 
 
-def wait_for(condition, process: subprocess.Popen, deadline: float) -> None:
-    """Poll until ``condition()``; if the process ends or the deadline passes first, kill it and fail with the end
-    of what it printed (never wait for a run that trains until a signal to end by itself)."""
-    while not condition():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(process.communicate()[1][-3000:])
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_slurm_requeue_signal_saves_an_hpc_checkpoint_and_requeues_then_resume_auto_goes_on(tmp_path):
     """SLURM as Lightning sees it (its environment variables, a stand-in ``scontrol``): SIGUSR1 (``#SBATCH
@@ -109,10 +98,9 @@ def test_slurm_requeue_signal_saves_an_hpc_checkpoint_and_requeues_then_resume_a
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **slurm}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        wait_for(lambda: (run / "checkpoints" / "step0000004.ckpt").exists(), process, deadline)
+        wait_for(periodic_checkpoint(run), process)
         process.send_signal(signal.SIGUSR1)
-        wait_for(calls.exists, process, deadline)
+        wait_for(calls.exists, process)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=120)
     finally:
