@@ -44,7 +44,9 @@ def test_toy2d_learns_the_gaussian_mixture(tmp_path):
 @pytest.mark.slow
 def test_vector_config_learns_a_correlated_gaussian(tmp_path):
     run_dir = tmp_path / "vector"
-    cdm4mi("train", "--config", "configs/vector_gaussian.yaml", f"output_dir={run_dir}", "training.progress_bar=false")
+    # 500 of the config's 1500 steps: the same errors here (mean 0.017, covariance 0.066), a third of the time
+    cdm4mi("train", "--config", "configs/vector_gaussian.yaml", f"output_dir={run_dir}", "training.progress_bar=false",
+           "training.max_steps=500")
     samples_path = tmp_path / "samples.pt"
     cdm4mi("sample", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(samples_path),
            "--num-samples", "10000", "--batch-size", "5000")
@@ -84,7 +86,7 @@ def test_sigkill_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_path):
     EMA and random state and ends with exactly the weights of a run that was never interrupted."""
     def args(run_dir: Path) -> list[str]:
         return ["--config", "configs/vector_gaussian.yaml", f"output_dir={run_dir}", "training.progress_bar=false",
-                "data.num_samples=2048", "training.batch_size=256", "network.hidden_dim=64", "training.max_steps=400",
+                "data.num_samples=2048", "training.batch_size=256", "network.hidden_dim=64", "training.max_steps=200",
                 "training.val_every_n_steps=8", "training.val_batches=1", "training.checkpoint_every_n_steps=8",
                 "training.preview_samples=0", "training.warmup_steps=20"]
 
@@ -92,13 +94,13 @@ def test_sigkill_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_path):
     cdm4mi("train", *args(unbroken))
     last = broken / "checkpoints" / "last.ckpt"
     killed_at = kill_after_checkpoint(args(broken), last, min_step=16)
-    assert 16 <= killed_at < 400 and torch.load(last, weights_only=True)["global_step"] < 400
+    assert 16 <= killed_at < 200 and torch.load(last, weights_only=True)["global_step"] < 200
     refused = cdm4mi("train", *args(broken), check=False)
     assert refused.returncode == 2 and "already holds a run; pass --resume" in refused.stderr
     resumed_from = torch.load(last, weights_only=True)["global_step"]
     cdm4mi("train", *args(broken), "--resume")
     expected, resumed = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=True) for run in (unbroken, broken))
-    assert resumed["global_step"] == expected["global_step"] == 400
+    assert resumed["global_step"] == expected["global_step"] == 200
     for key in ("state_dict", "current_model_state"):  # EMA weights and live weights
         for name, value in expected[key].items():
             assert torch.equal(value, resumed[key][name]), (key, name)
@@ -106,7 +108,7 @@ def test_sigkill_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_path):
     assert torch.equal(expected["callbacks"]["RandomState"]["torch"], resumed["callbacks"]["RandomState"]["torch"])
     assert resumed["cdm4mi"]["version"] and resumed["cdm4mi"]["task"] == "generate"
     # Validation every 8 steps: none repeated across the kill, and all of them after the resumed step.
-    every = list(range(7, 400, 8))
+    every = list(range(7, 200, 8))
     assert [int(row["step"]) for row in validation_rows(unbroken)] == every
     steps = [int(row["step"]) for row in validation_rows(broken)]
     assert len(steps) == len(set(steps)) and set(steps) <= set(every)
