@@ -18,6 +18,10 @@ For each real CT scan (``cdm4mi.io.shipped``: pydicom's and pydicom-data's CT te
 4. Scores per case: PSNR/SSIM/RMSE in [-1000, 1000] HU (data range 2000) and in the soft-tissue window
    [-160, 240] (data range 400), over the body; ±2σ coverage of the truth by the samples' spread; per lesion
    class the CHO and NPW detectability (d') with a bootstrap CI over ROI pairs; invented-structure blobs.
+   Beside them, the *ceiling* (``quality_report.ceiling_rows``): the reference keeps the full-dose scan's own
+   noise, which no denoiser can tell from the added noise except by its share of the variance, so no output
+   can pass PSNR 20 log10(2000 / (s a / sqrt(s^2 + a^2))) for own noise s and added noise a (approximate: s
+   is estimated). At 25 % dose a = sqrt(3) s: the ceiling is 1.25 dB above a perfect removal of all noise.
 
 Prints one table per measure and a verdict against the targets; writes ``results.json`` and figures to
 ``--out``.
@@ -51,7 +55,7 @@ from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_report import detectability, invented_blobs, lesion_rois, print_report  # noqa: E402
+from quality_report import ceiling_rows, detectability, invented_blobs, lesion_rois, print_report  # noqa: E402
 
 WINDOWS = {"wide": (-1000.0, 1000.0), "soft": (-160.0, 240.0)}
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,6 +186,7 @@ def run_fold(args: argparse.Namespace, cases: list[dict], held_out: dict, work: 
                 row["coverage"] = float(np.mean(coverage))
             rows.append(row)
         rows += invented_blobs(held_out, dose, outputs, info)
+        rows += ceiling_rows(held_out, dose, draws, info, mask)
         for key, (present, absent) in lesion_rois(held_out, dose, outputs, args.seed).items():
             entry = rois.setdefault((dose, *key), [present[:0], absent[:0]])
             entry[0], entry[1] = np.concatenate([entry[0], present]), np.concatenate([entry[1], absent])

@@ -1,0 +1,56 @@
+"""benchmarks/quality_report.py's ceiling: against a reference that keeps its own noise, no denoiser passes it.
+Checked on Gaussian noises with the anatomy known exactly: the MMSE estimate reaches it, removing all noise
+falls short of it by the closed-form margin, and the verdict says where a target lies above it."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from cli_runs import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from quality_report import ceiling_rows, verdict  # noqa: E402
+
+OWN, ADDED = 10.0, 10.0 * np.sqrt(3)  # 25 % dose: the added noise variance is three times the scan's own
+
+
+@pytest.fixture
+def case() -> tuple[dict, np.ndarray, list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    clean = np.zeros((1, 256, 256))
+    clean[:, 64:192, 64:192] = 40.0  # anatomy: a soft-tissue square in water
+    reference = clean + rng.normal(0, OWN, clean.shape)  # the full-dose scan keeps its own noise
+    draws = [reference + rng.normal(0, ADDED, clean.shape) for _ in range(2)]
+    return {"name": "square", "reference": reference, "clean": clean}, np.ones(clean.shape, bool), draws
+
+
+def rmse(image: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((image - reference) ** 2)))
+
+
+def test_the_mmse_estimate_reaches_the_ceiling_and_removing_all_noise_falls_short_of_it(case):
+    data, mask, draws = case
+    (row,) = ceiling_rows(data, 0.25, draws, {"own_noise_hu": OWN}, mask)
+    assert row["added_noise_hu"] == pytest.approx(ADDED, rel=0.01)
+    assert row["rmse_hu_wide"] == pytest.approx(OWN * ADDED / np.hypot(OWN, ADDED), rel=0.01)  # 8.66 HU
+    share = OWN**2 / (OWN**2 + ADDED**2)  # the part of the input's noise that is the reference's own, on average
+    best = [rmse(data["clean"] + share * (low - data["clean"]), data["reference"]) for low in draws]
+    assert np.mean(best) == pytest.approx(row["rmse_hu_wide"], rel=0.01)
+    # a denoiser that returns the noise-free anatomy itself: error = the own noise, 1.25 dB below the ceiling
+    perfect = 20 * np.log10(2000 / rmse(data["clean"], data["reference"]))
+    assert row["psnr_wide"] - perfect == pytest.approx(10 * np.log10(4 / 3), abs=0.05)
+    assert ceiling_rows(data, 0.25, draws, {"own_noise_hu": 0.0}, mask) == []  # own noise not measured: none
+
+
+def test_the_verdict_says_where_best_classical_plus_2_db_lies_above_the_ceiling(capsys):
+    rows = []
+    for case, (nlm, ceiling) in {"a": (40.0, 41.0), "b": (40.0, 43.0)}.items():
+        rows += [{"case": case, "dose": 0.25, "method": method, "psnr_wide": value}
+                 for method, value in (("low_dose_input", 35.0), ("nlm", nlm), ("model", 39.0), ("ceiling", ceiling))]
+    assert not verdict(rows, rows, 0.25)
+    out = capsys.readouterr().out
+    assert "lies +2.00 dB from the best classical filter on the mean; best classical + 2 dB lies above it on 1 of 2 " \
+           "cases (a)" in out
+    assert "[MISSED] mean PSNR >= best classical + 2 dB (gain -1.00 dB)" in out
