@@ -65,6 +65,8 @@ class DiffusionConfig(_Section):
     huber_delta: float = pydantic.Field(1.0, gt=0)
     min_snr_gamma: float | None = pydantic.Field(None, gt=0)
     max_train_timestep: int | None = pydantic.Field(None, ge=0)
+    # share of training items warm-started from their own simulated input (DiffusionObjective)
+    warm_start_share: float = pydantic.Field(0.0, ge=0, le=1)
     # None: the discrete DDPM objective over ``timesteps``; set: continuous-time score matching on an SDE.
     sde: SDEConfig | None = None
 
@@ -276,6 +278,11 @@ def validate(raw: dict[str, Any]) -> Config:
         got = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {short_repr(first.get('input'))})"
         raise ValueError(f"config key '{key}': {message}{got}") from None
     _check_data_sizes(config)
+    if config.diffusion.warm_start_share > 0 and (config.diffusion.sde is not None or config.data.get("name") != "paired_scans"
+                                                  or not config.data.get("dose_augmentation")):
+        raise ValueError("config key 'diffusion.warm_start_share': needs data 'paired_scans' with "
+                         "data.dose_augmentation (warm starts are built from simulated inputs of known noise) and "
+                         "no diffusion.sde")
     return config
 
 

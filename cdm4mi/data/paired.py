@@ -24,7 +24,9 @@ estimated on the normalized input volume. The network's ``vector_dim`` must be `
 2d/2.5d items also carry ``patient_id`` (pseudonym, str) and ``slice_index`` (int); 3d items carry
 ``patient_id`` and ``patch_start`` (int64 ``[3]``, voxels). Training crops (``patch_size``) use MONAI
 ``RandSpatialCropd``, seeded by ``seed`` and reseeded in each DataLoader worker from torch's worker seed;
-val/test slices are never cropped.
+val/test slices are never cropped. Training items under ``dose_augmentation`` carry ``input_noise_std``: the
+known noise std (model units) of their simulated input, NaN for a real low-dose input (what the objective's
+``warm_start_share`` builds warm-start states from).
 """
 
 from __future__ import annotations
@@ -316,10 +318,12 @@ class PairedScans(Dataset):
             item["cond"] = self._simulated_input(volume, item.pop("clean"), item.pop("noise"), dose)
         # Items never share memory with the cached volumes, so changing one cannot change the cache.
         item["x0"], item["cond"] = (item[key].clone(memory_format=torch.contiguous_format) for key in ("x0", "cond"))
+        noise_level = None if dose is None else volume["noise_bank"].input_noise_hu(dose) * self._units_per_hu(volume)
+        if "noise_bank" in volume:  # the input's known noise std (model units), NaN for a real low-dose input
+            item["input_noise_std"] = torch.tensor(math.nan if noise_level is None else noise_level)
         if self.metadata:
             vector = volume["vector"]
             if dose is not None:  # this item's own dose and input noise
-                noise_level = volume["noise_bank"].input_noise_hu(dose) * self._units_per_hu(volume)
                 vector = encode_metadata(self.metadata, {**volume["metadata_values"], "dose_fraction": dose,
                                                          "noise_level": noise_level})
             item["cond"] = {"image": item["cond"], "vector": self._vector(vector)}

@@ -35,7 +35,7 @@ class Objective(Protocol):
     max_train_timestep: int | None
 
     def loss(self, network: NetworkFn, x0: torch.Tensor, cond: object = None,
-             generator: torch.Generator | None = None) -> torch.Tensor: ...
+             generator: torch.Generator | None = None, input_noise_std: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 def check_parameterization(parameterization: str) -> None:
@@ -126,6 +126,15 @@ class DiffusionObjective:
     weighted as if it were an x0 loss weighted by ``min(SNR, gamma)``. ``max_train_timestep``
     trains only ``t <= max_train_timestep``: for a model that will only ever be warm-started at low
     noise (denoising), all capacity goes where it is used; it cannot then sample from pure noise.
+
+    ``warm_start_share``: the share of items whose state is built as a warm start builds it at inference
+    (``cdm4mi.training.warm_start``): from the item's own noisy input (the centre channel of ``cond``), of
+    known noise std ``input_noise_std`` (model units, per item; NaN: unknown, never warm), topped up with
+    fresh noise to the timestep whose noise std is ``factor * input_noise_std`` (factor uniform in [1, sqrt 2],
+    the range inference uses) and scaled by sqrt(abar). Otherwise ``x_t`` and the condition carry independent
+    noises in training but the *same* noise at inference, which a network trained on the former misreads (on a
+    real brain CT it raised the input's error; ``benchmarks/bench_quality.py``). The target stays ``x0``; for
+    eps and v it is the noise implied by that state.
     """
 
     schedule: NoiseSchedule
@@ -134,8 +143,11 @@ class DiffusionObjective:
     huber_delta: float = 1.0
     min_snr_gamma: float | None = None
     max_train_timestep: int | None = None
+    warm_start_share: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.warm_start_share <= 1:
+            raise ValueError(f"diffusion.warm_start_share: a share in [0, 1], got {self.warm_start_share}")
         if self.max_train_timestep is not None and not 0 <= self.max_train_timestep < self.schedule.timesteps:
             raise ValueError(
                 f"diffusion.max_train_timestep: must lie in [0, {self.schedule.timesteps - 1}], got {self.max_train_timestep}"
@@ -146,17 +158,45 @@ class DiffusionObjective:
             raise ValueError(f"diffusion.min_snr_gamma: must be > 0, got {self.min_snr_gamma}")
 
     def loss(
-        self, model: NetworkFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None
+        self, model: NetworkFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None,
+        input_noise_std: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean loss over the batch for a network ``model(x_t, t, cond)``."""
         high = self.schedule.timesteps if self.max_train_timestep is None else self.max_train_timestep + 1
         t = torch.randint(0, high, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = q_sample(self.schedule, x0, t, noise)
+        if self.warm_start_share > 0 and input_noise_std is not None:
+            x_t, t, noise = self.warm_started(x0, cond, input_noise_std, x_t, t, noise, high, generator)
         output = model(x_t, t, cond)
         target = prediction_target(self.parameterization, self.schedule, x0, noise, t)
         per_sample = self.elementwise_loss(output.float(), target.float()).flatten(1).mean(dim=1)
         return (per_sample * self.weights(t).to(per_sample)).mean()
+
+    def warm_started(self, x0: torch.Tensor, cond: object, input_noise_std: torch.Tensor, x_t: torch.Tensor,
+                     t: torch.Tensor, noise: torch.Tensor, high: int, generator: torch.Generator | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, noise) with a ``warm_start_share`` of the items warm-started from their input (the class
+        docstring); ``noise`` of those is the one their state implies, ``(x_t - sqrt(abar) x0) / sqrt(1 - abar)``."""
+        batch, device = x0.shape[0], x0.device
+        sigma = input_noise_std.to(device=device, dtype=torch.float64)
+        draws = torch.rand((2, batch), device=device, dtype=torch.float64, generator=generator)
+        warm = (draws[0] < self.warm_start_share) & torch.isfinite(sigma) & (sigma > 0)
+        if not bool(warm.any()):
+            return x_t, t, noise
+        sigma = torch.where(warm, sigma, torch.zeros_like(sigma))
+        t_warm = self.schedule.timesteps_for_noise_std(sigma * (1 + (2**0.5 - 1) * draws[1])).clamp(max=high - 1)
+        alpha_bar = self.schedule.alpha_bar(t_warm).to(device=device, dtype=torch.float64)
+        top_up = ((1 - alpha_bar) / alpha_bar - sigma**2).clamp(min=0).sqrt()
+        shape = (batch,) + (1,) * (x0.ndim - 1)
+        image = cond["image"] if isinstance(cond, dict) else cond
+        start = (image.shape[1] - x0.shape[1]) // 2  # the input itself: the centre channel(s) of a 2.5D stack
+        noisy = image[:, start : start + x0.shape[1]].to(torch.float64) + top_up.view(shape) * noise.to(torch.float64)
+        state = alpha_bar.sqrt().view(shape) * noisy
+        implied = (state - alpha_bar.sqrt().view(shape) * x0.to(torch.float64)) / (1 - alpha_bar).sqrt().view(shape)
+        mask = warm.view(shape)
+        return (torch.where(mask, state.to(x_t.dtype), x_t), torch.where(warm, t_warm.to(t.dtype), t),
+                torch.where(mask, implied.to(noise.dtype), noise))
 
     def elementwise_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return elementwise_loss(self.loss_type, output, target, self.huber_delta)

@@ -123,9 +123,13 @@ class NoiseSchedule:
         ``sqrt(abar_t)``: it is then distributed like ``x_t`` of a clean image exactly when
         ``sigma = sqrt((1 - abar_t)/abar_t)``.
         """
-        alpha_bar = self.alphas_cumprod
-        ratio = ((1 - alpha_bar) / alpha_bar).sqrt()
-        return int((ratio - noise_std).abs().argmin())
+        return int(self.timesteps_for_noise_std(torch.tensor([float(noise_std)]))[0])
+
+    def timesteps_for_noise_std(self, noise_std: torch.Tensor) -> torch.Tensor:
+        """``timestep_for_noise_std`` for each of a batch of noise stds ``[B]``: timestep indices ``[B]``."""
+        alpha_bar = self.alphas_cumprod.to(torch.float64)
+        ratio = ((1 - alpha_bar) / alpha_bar).sqrt().to(noise_std.device)
+        return (ratio[None, :] - noise_std.to(torch.float64)[:, None]).abs().argmin(dim=1)
 
 
 def broadcast_to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

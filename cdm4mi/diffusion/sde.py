@@ -278,9 +278,11 @@ class ScoreMatchingObjective:
         check_loss(self.loss_type, self.huber_delta)
 
     def loss(
-        self, model: NetworkFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None
+        self, model: NetworkFn, x0: torch.Tensor, cond: object = None, generator: torch.Generator | None = None,
+        input_noise_std: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean loss over the batch for a network ``model(c_in x_t, network_time(t), cond)``."""
+        """Mean loss over the batch for a network ``model(c_in x_t, network_time(t), cond)`` (``input_noise_std``:
+        unused, no warm starts on an SDE)."""
         uniform = torch.rand((x0.shape[0],), device=x0.device, dtype=torch.float64, generator=generator)
         t = self.sde.t_min + (1 - self.sde.t_min) * uniform
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)

@@ -58,6 +58,7 @@ class DiffusionModule(L.LightningModule):
                 diffusion.huber_delta,
                 diffusion.min_snr_gamma,
                 diffusion.max_train_timestep,
+                diffusion.warm_start_share,
             )
         else:
             self.sde = sde_from_config(**diffusion.sde.model_dump())
@@ -72,7 +73,8 @@ class DiffusionModule(L.LightningModule):
         return self.backbone(x, t, cond)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        loss = self.objective.loss(self.backbone, batch["x0"], batch.get("cond"))
+        loss = self.objective.loss(self.backbone, batch["x0"], batch.get("cond"),
+                                   input_noise_std=batch.get("input_noise_std"))
         finite = bool(torch.isfinite(loss))
         if self._trainer is not None and self.trainer.world_size > 1:
             # Every process stops or skips together; alone, the others would wait for it forever.

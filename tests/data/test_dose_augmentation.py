@@ -96,6 +96,8 @@ def test_dose_augmented_items_carry_their_noise_level(real_ct):
         item = data[i]
         image, vector = item["cond"]["image"], item["cond"]["vector"]
         assert vector[1] == 1.0  # the noise level is known for a simulated item
+        # the same level, unencoded, for the objective's warm starts (diffusion.warm_start_share)
+        assert float(item["input_noise_std"]) == pytest.approx(0.05 * 2 ** float(vector[0]), rel=1e-5)
         level_hu = 0.05 * 2 ** float(vector[0]) / UNITS_PER_HU  # cdm4mi.data.metadata's encoding, in HU
         said.append(math.sqrt(max(level_hu**2 - own**2, 0.0)))  # the added part: input minus target
         inside = item["x0"] > -0.3  # soft tissue and denser: no clipping at the window's air end
