@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from cdm4mi.diffusion.sampling import warm_start, warm_start_top_up
 from cdm4mi.diffusion.schedule import NoiseSchedule, broadcast_to
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
@@ -186,15 +187,13 @@ class DiffusionObjective:
             return x_t, t, noise
         sigma = torch.where(warm, sigma, torch.zeros_like(sigma))
         t_warm = self.schedule.timesteps_for_noise_std(sigma * (1 + (2**0.5 - 1) * draws[1])).clamp(max=high - 1)
-        alpha_bar = self.schedule.alpha_bar(t_warm).to(device=device, dtype=torch.float64)
-        top_up = ((1 - alpha_bar) / alpha_bar - sigma**2).clamp(min=0).sqrt()
-        shape = (batch,) + (1,) * (x0.ndim - 1)
         image = cond["image"] if isinstance(cond, dict) else cond
         start = (image.shape[1] - x0.shape[1]) // 2  # the input itself: the centre channel(s) of a 2.5D stack
-        noisy = image[:, start : start + x0.shape[1]].to(torch.float64) + top_up.view(shape) * noise.to(torch.float64)
-        state = alpha_bar.sqrt().view(shape) * noisy
-        implied = (state - alpha_bar.sqrt().view(shape) * x0.to(torch.float64)) / (1 - alpha_bar).sqrt().view(shape)
-        mask = warm.view(shape)
+        noisy = image[:, start : start + x0.shape[1]].to(torch.float64)
+        top_up = broadcast_to(warm_start_top_up(self.schedule, t_warm, sigma), noisy)
+        state = warm_start(self.schedule, noisy + top_up * noise.to(torch.float64), t_warm)
+        implied = eps_from_x0(self.schedule, x0.to(torch.float64), state, t_warm)
+        mask = broadcast_to(warm, x0).bool()
         return (torch.where(mask, state.to(x_t.dtype), x_t), torch.where(warm, t_warm.to(t.dtype), t),
                 torch.where(mask, implied.to(noise.dtype), noise))
 

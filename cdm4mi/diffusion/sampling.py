@@ -24,20 +24,30 @@ SAMPLERS = ("ddim", "ddpm", "pc", "ode")  # ddim/ddpm over timestep indices, pc/
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
 
-def alpha_bar_like(schedule: NoiseSchedule, t: int, x: torch.Tensor) -> torch.Tensor:
-    """``abar_t`` as a 0-dim tensor of x's dtype (``t = -1`` gives 1)."""
-    return broadcast_to(schedule.alpha_bar(torch.tensor(t)), x)
+def alpha_bar_like(schedule: NoiseSchedule, t: int | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``abar_t`` in x's dtype, broadcasting against ``x``: a 0-dim tensor for one timestep, ``[B, 1, ...]``
+    for one per item (``t = -1`` gives 1)."""
+    return broadcast_to(schedule.alpha_bar(torch.as_tensor(t)), x)
+
+
+def warm_start_top_up(schedule: NoiseSchedule, t_start: int | torch.Tensor,
+                      input_noise_std: float | torch.Tensor) -> torch.Tensor:
+    """Std (float64, per item for tensors) of the fresh noise that brings an input of noise std
+    ``input_noise_std`` up to the noise of ``t_start``: ``sqrt((1 - abar)/abar - std^2)``, 0 when it has as much."""
+    alpha_bar = schedule.alpha_bar(torch.as_tensor(t_start))
+    noise_std = torch.as_tensor(input_noise_std, dtype=torch.float64, device=alpha_bar.device)
+    return ((1 - alpha_bar) / alpha_bar - noise_std**2).clamp(min=0).sqrt()
 
 
 def warm_start(
-    schedule: NoiseSchedule, x_init: torch.Tensor, t_start: int, noise: torch.Tensor | None = None
+    schedule: NoiseSchedule, x_init: torch.Tensor, t_start: int | torch.Tensor, noise: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The state at ``t_start`` from an image ``x_init``.
+    """The state at ``t_start`` (one timestep, or one per item ``[B]``) from an image ``x_init``.
 
     With ``noise`` this is ``q(x_t | x0 = x_init)`` (SDEdit). Without, ``x_init`` is taken to carry
     its own noise already (a low-dose scan): ``sqrt(abar) * x_init`` matches ``x_t`` of the clean
     image when the input noise std is ``sqrt((1 - abar)/abar)``; see
-    ``NoiseSchedule.timestep_for_noise_std``.
+    ``NoiseSchedule.timestep_for_noise_std`` (and ``warm_start_top_up`` for an input with less).
     """
     alpha_bar = alpha_bar_like(schedule, t_start, x_init)
     x_t = alpha_bar.sqrt() * x_init

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from cdm4mi.diffusion import warm_start
+from cdm4mi.diffusion.sampling import warm_start_top_up
 from cdm4mi.training.module import DiffusionModule
 
 
@@ -37,8 +38,7 @@ class WarmStartSampler:
         self.overrides: dict[str, Any] = {"steps": min(steps or module.config.sampling.steps, t_start + 1)}
         if eta is not None:
             self.overrides["eta"] = eta
-        alpha_bar = float(module.schedule.alpha_bar(torch.tensor(t_start)))
-        self.top_up_std = max((1 - alpha_bar) / alpha_bar - input_noise_std**2, 0.0) ** 0.5
+        self.top_up_std = float(warm_start_top_up(module.schedule, t_start, input_noise_std))
 
     def __call__(self, cond: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         """Denoised samples of the centre slices of ``cond``: an image stack [B, 2k+1, ...], or a batch's
