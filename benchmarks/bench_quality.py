@@ -12,7 +12,8 @@ For each real CT scan (``cdm4mi.io.shipped``: pydicom's and pydicom-data's CT te
 3. Fold: a manifest of the *other* patients, full-dose only, trains ``--config`` (default the recommended
    ``configs/ldct_2d.yaml``, dose augmentation) through cdm4mi's trainer, and the supervised U-Net of the same
    size and budget (``cdm4mi.evaluation.supervised``) on the same items. The held-out patient is denoised by
-   ``cdm4mi denoise``'s code (``denoise_scan``, posterior mean of ``--samples`` draws) and by the baselines:
+   ``cdm4mi denoise``'s code (``denoise_scan``, posterior mean of ``--samples`` draws, adapted to the scan as
+   ``sampling.adapt_steps`` says, told the dose fraction as ``--metadata dose_fraction`` would) and by the baselines:
    the low-dose input, Gaussian (sigma 1 px), NLM, BM3D (only if the non-commercial ``bm3d`` package is
    installed: never a dependency).
 4. Scores per case: PSNR/SSIM/RMSE in [-1000, 1000] HU (data range 2000) and in the soft-tissue window
@@ -157,7 +158,10 @@ def run_fold(args: argparse.Namespace, cases: list[dict], held_out: dict, work: 
         coverage = []
         for r, low in enumerate(draws):
             low_scan = dataclasses.replace(held_out["scan"], array=low)
-            result = denoise_scan(module, low_scan, samples=args.samples, seed=args.seed + r, progress=False)
+            # the dose is known here, as it is to a user who knows the protocol: it sets the adaptation's removal
+            # budget (the model itself takes only the noise level, estimated)
+            result = denoise_scan(module, low_scan, samples=args.samples, seed=args.seed + r, progress=False,
+                                  metadata={"dose_fraction": dose})
             if result.std is not None:
                 inside = np.abs(result.mean - reference) <= 2 * result.std
                 coverage.append(float(inside[mask].mean()))

@@ -98,6 +98,10 @@ class SamplingConfig(_Section):
     # this share of body voxels of the full-dose truth (cdm4mi.evaluation.calibration); None: raw spread.
     calibrate_coverage: float | None = pydantic.Field(None, gt=0, lt=1)
     calibrate_samples: int = pydantic.Field(3, ge=2, le=1000)
+    # cdm4mi denoise of a 2D CT model: first fine-tune a copy on the scan itself for this many steps,
+    # self-supervised (recorrupted pairs, cdm4mi.inference.adaptation); 0: none. About 0.2 s a step on 2 CPU cores.
+    adapt_steps: int = pydantic.Field(0, ge=0, le=100_000)
+    adapt_learning_rate: float = pydantic.Field(3e-4, gt=0)
 
 
 class TrainingConfig(_Section):

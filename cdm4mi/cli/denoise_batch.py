@@ -138,7 +138,8 @@ def run_batch(args: argparse.Namespace) -> int:
         print(f"nothing to do: the outputs of all {len(skipped)} patients exist in {output}")
         return 0
     options = {"steps": args.steps, "eta": args.eta, "t_start": args.t_start, "samples": args.samples,
-               "batch_size": args.batch_size, "seed": args.seed, "precision": args.precision}
+               "batch_size": args.batch_size, "seed": args.seed, "precision": args.precision,
+               "adapt_steps": args.adapt_steps}
     task = BatchDenoise(jobs, options, args.checkpoint, args.overwrite, deidentify)
     run = predict_patients(module, task, len(jobs), device=args.device, devices=args.devices,
                            num_nodes=args.num_nodes or 1, strategy=args.strategy or "auto",
@@ -156,6 +157,8 @@ def run_batch(args: argparse.Namespace) -> int:
             print(f"cdm4mi denoise: warning: {record['patient']}: input header element {problem}", file=sys.stderr)
         print(f"{record['patient']}: {record['slices']} slices, warm start t={record['t_start']}, "
               f"{record['seconds']:.1f} s (process {item.rank}): {record['output']}")
+        if record.get("adaptation"):
+            print(f"{record['patient']}: {record['adaptation']}")
     done = len(run.done) - len(failed)
     print(f"denoised {done} of {len(jobs)} patients with {run.world_size} process{'es' * (run.world_size > 1)} in "
           f"{time.perf_counter() - started:.1f} s into {output}" + (f"; {len(skipped)} skipped" if skipped else ""))

@@ -88,6 +88,14 @@ def device(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error).removeprefix("device: ")) from None
 
 
+def add_adapt_option(parser: argparse.ArgumentParser) -> None:
+    """``--adapt-steps``: self-supervised fine-tuning of a copy of the model on each scan before it is denoised."""
+    parser.add_argument("--adapt-steps", type=non_negative_int, metavar="N",
+                        help="first fine-tune a copy of the model on each scan for N self-supervised steps (CT, 2D; "
+                             "about 0.2 s a step on 2 CPU cores; a known --metadata dose_fraction limits it to the "
+                             "noise the lower dose added); 0: none (default: the checkpoint's sampling.adapt_steps)")
+
+
 def add_runtime_options(parser: argparse.ArgumentParser, precision: bool = True) -> None:
     """``--device`` and, for commands that run a trained network, ``--precision``, ``--channels-last``, ``--compile``
     (``cdm4mi.inference.runtime``)."""

@@ -94,7 +94,8 @@ def denoise_patient(module: DiffusionModule, job: PatientJob, options: dict[str,
         message = " ".join(str(error).split()) or type(error).__name__
         return {**record, "error": message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 1] + "…"}
     return {**record, "slices": int(scan.array.shape[0]), "t_start": int(result.t_start),
-            "seconds": time.perf_counter() - started, "warnings": warnings}
+            "seconds": time.perf_counter() - started, "warnings": warnings,
+            "adaptation": None if result.adaptation is None else result.adaptation.describe()}
 
 
 @dataclass

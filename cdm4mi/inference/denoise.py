@@ -22,7 +22,7 @@ from monai.inferers import SlidingWindowInferer
 from pydicom.dataset import Dataset
 from tqdm.auto import tqdm
 
-from cdm4mi.data.metadata import encode_metadata, resolve_metadata
+from cdm4mi.data.metadata import encode_metadata, parse_value, resolve_metadata
 from cdm4mi.data.preprocessing import slab_indices
 from cdm4mi.inference.runtime import autocast
 from cdm4mi.io.read import Scan, resample_like, resample_to
@@ -43,6 +43,7 @@ class DenoiseResult:
     metadata_sources: dict[str, str] = field(default_factory=dict)  # field -> 'given', 'tag', 'estimated', 'missing'
     input_noise_scan: float = float("nan")  # input_noise_std in the scan's units (HU for CT)
     calibration: dict[str, Any] | None = None  # the calibration applied to ``std``, None: the raw spread
+    adaptation: Any = None  # what the self-supervised adaptation to the scan did (``cdm4mi.inference.adaptation``)
 
 
 def model_normalization(module: DiffusionModule):
@@ -223,16 +224,40 @@ def _run_model(module: DiffusionModule, sampler: WarmStartSampler, units: torch.
     return output
 
 
-def denoise_scan(module: DiffusionModule, scan: Scan, **options: Any) -> DenoiseResult:
+def denoise_scan(module: DiffusionModule, scan: Scan, adapt_steps: int | None = None, **options: Any) -> DenoiseResult:
     """``denoise_volume`` on a loaded scan, at the voxel size the model was trained at
     (``data.spacing_mm``, if set: resampled there and the result resampled back onto the scan's grid).
-    A DICOM scan's tags feed the model's metadata vector (``options["metadata"]`` takes precedence)."""
+    A DICOM scan's tags feed the model's metadata vector (``options["metadata"]`` takes precedence).
+
+    ``adapt_steps`` (None: the checkpoint's ``sampling.adapt_steps``; 0: none) first fine-tunes a copy of the
+    model on the scan itself, self-supervised (``cdm4mi.inference.adaptation``), and denoises with that copy."""
     if scan.dicom_reference is not None:
         options.setdefault("dicom_header", scan.dicom_reference.header)
     spacing = module.preprocessing.spacing_mm
-    if spacing is None:
-        return denoise_volume(module, scan.array, **options)
-    working = resample_to(scan, spacing)
+    working = scan if spacing is None else resample_to(scan, spacing)
+    adaptation = None
+    steps = module.config.sampling.adapt_steps if adapt_steps is None else adapt_steps
+    if steps:
+        module, adaptation = adapted_module(module, working, steps, options)
     result = denoise_volume(module, working.array, **options)
+    result.adaptation = adaptation
+    if spacing is None:
+        return result
     std = None if result.std is None else resample_like(result.std, working.affine, scan)
     return dataclasses.replace(result, mean=resample_like(result.mean, working.affine, scan), std=std)
+
+
+def adapted_module(module: DiffusionModule, scan: Scan, steps: int, options: Mapping[str, Any]):
+    """``adapt_to_scan`` with the noise level and metadata ``denoise_volume`` will use for this scan; a given
+    ``dose_fraction`` (``options["metadata"]``, used by the model or not) sets the adaptation's removal budget."""
+    from cdm4mi.inference.adaptation import adapt_to_scan  # imports this module (dihedral_turn)
+
+    normalization = model_normalization(module).fit(scan.array)
+    units = torch.as_tensor(np.asarray(normalization.forward(scan.array.astype(np.float32))), dtype=torch.float32)
+    sigma, values, _ = input_noise_and_metadata(module, units, normalization, options.get("metadata"),
+                                                options.get("dicom_header"), options.get("input_noise_std"))
+    dose = (options.get("metadata") or {}).get("dose_fraction")
+    dose = None if dose is None else parse_value("dose_fraction", dose, "--metadata")
+    return adapt_to_scan(module, scan.array, tuple(scan.spacing_mm[1:]), normalization, sigma, values, steps,
+                         module.config.sampling.adapt_learning_rate, seed=options.get("seed", 0),
+                         progress=options.get("progress", True), dose_fraction=dose)

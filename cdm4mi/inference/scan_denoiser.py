@@ -53,7 +53,8 @@ class ScanDenoiser:
     def denoise(self, scan: Scan | np.ndarray | torch.Tensor | str | os.PathLike, *, steps: int | None = None,
                 eta: float | None = None, t_start: int | None = None, samples: int = 1, batch_size: int = 8,
                 seed: int = 0, metadata: Mapping[str, float | str] | None = None, series_uid: str | None = None,
-                spacing_mm: Sequence[float] | None = None, progress: bool = False) -> np.ndarray | DenoiseResult:
+                spacing_mm: Sequence[float] | None = None, progress: bool = False,
+                adapt_steps: int | None = None) -> np.ndarray | DenoiseResult:
         """Denoise ``scan``: a ``Scan`` (``cdm4mi.load_scan``), a path to a DICOM series folder, a DICOM file or a
         NIfTI file (``series_uid`` picks a series in a folder), or an array ``[D, H, W]`` / ``[H, W]`` in HU (CT) or
         scanner units (MR), whose voxel size ``spacing_mm`` (d, h, w) is needed only by a model trained at a fixed
@@ -61,12 +62,13 @@ class ScanDenoiser:
 
         Options as ``cdm4mi denoise``: ``steps``, ``eta`` (default: the model's config), ``t_start`` (None: matched
         to the input's estimated noise), ``samples`` draws, ``batch_size`` slices per forward pass, ``seed``,
-        ``metadata`` for models trained with ``data.metadata``.
+        ``metadata`` for models trained with ``data.metadata``, ``adapt_steps`` (None: the model's
+        ``sampling.adapt_steps``; 0: none) of self-supervised fine-tuning on the scan first.
 
         Returns the denoised array, float32 in the input's units and layout; with ``samples > 1`` a
         ``DenoiseResult`` whose ``mean`` is that array and ``std`` the per-voxel uncertainty.
         """
-        for name, value, low in (("steps", steps, 1), ("t_start", t_start, 0)):
+        for name, value, low in (("steps", steps, 1), ("t_start", t_start, 0), ("adapt_steps", adapt_steps, 0)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"{name}: expected a whole number >= {low} or None, got {value!r}")
         for name, value, low in (("samples", samples, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
@@ -79,7 +81,7 @@ class ScanDenoiser:
         check_compatible(loaded, self.module, self.source)
         result = denoise_scan(self.module, loaded, steps=steps, eta=eta, t_start=t_start, samples=samples,
                               batch_size=batch_size, seed=seed, metadata=dict(metadata or {}),
-                              precision=self.precision, progress=progress)
+                              precision=self.precision, progress=progress, adapt_steps=adapt_steps)
         if planar:
             result = dataclasses.replace(result, mean=result.mean[0],
                                          std=None if result.std is None else result.std[0])
