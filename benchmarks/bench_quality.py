@@ -7,8 +7,9 @@ For each real CT scan (``cdm4mi.io.shipped``: pydicom's and pydicom-data's CT te
 
 1. Known low-contrast disks (``--lesion-diameters`` mm x ``--lesion-contrasts`` HU, at random soft-tissue
    positions, recorded) are inserted into the full-dose scan, which becomes the reference of its test fold.
-2. Low dose is inserted by ``cdm4mi simulate``'s code, relative to the scan's own noise (calibrated flux),
-   at each ``--doses`` fraction, ``--realizations`` noise draws each.
+2. Low dose is inserted by ``cdm4mi simulate``'s code, relative to the scan's own noise (calibrated flux) and in
+   its texture (kernel cutoff fitted to the own noise's neighbour correlations), at each ``--doses`` fraction,
+   ``--realizations`` noise draws each.
 3. Fold: a manifest of the *other* patients, full-dose only, trains ``--config`` (default the recommended
    ``configs/ldct_2d.yaml``, dose augmentation) through cdm4mi's trainer, and the supervised U-Net of the same
    size and budget (``cdm4mi.evaluation.supervised``) on the same items. The held-out patient is denoised by
@@ -50,7 +51,7 @@ from cdm4mi.inference.denoise import denoise_scan
 from cdm4mi.io.read import load_scan
 from cdm4mi.io.shipped import available_ct
 from cdm4mi.io.write import write_nifti
-from cdm4mi.simulate.ct_dose import simulate_relative_dose
+from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import fit
@@ -115,6 +116,8 @@ def prepare_cases(args: argparse.Namespace, work: Path) -> list[dict]:
         print(f"  {shipped.name}: {scan.array.shape[0]} x {scan.array.shape[1]}x{scan.array.shape[2]}, "
               f"{pixel:.2f} mm pixels, own noise {info['own_noise_hu']:.1f} HU "
               f"({'calibrated' if info['calibrated'] else 'nominal flux'}), "
+              + (f"texture: {info['texture'].describe()}, " if info["texture"] is not None else
+                 f"texture: kernel cutoff {info['kernel_cutoff']:.2f} (not matched), ")
               + ", ".join(f"{d:.0%} dose adds {low[d][1]['added_noise_hu']:.1f} HU" for d in args.doses), flush=True)
     return cases
 

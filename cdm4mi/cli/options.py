@@ -77,6 +77,16 @@ def timestep_or_auto(text: str) -> int | None:
     return None if text == "auto" else non_negative_int(text)
 
 
+def cutoff_or_match(text: str) -> float | str:
+    """'match' (fit the simulator's kernel to the scan's own noise texture) or a Hann cutoff in Nyquists > 0."""
+    if text == "match":
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'match' or a finite number > 0, got {text!r}") from None
+
+
 def device(text: str) -> str:
     """cpu, cuda, cuda:N, mps or auto (CUDA if there is one, else cpu), as the device it resolves to on this
     machine; a device this machine lacks is refused, never replaced by another (``inference.runtime``)."""

@@ -11,7 +11,10 @@ variance goes as 1/dose, so ``--dose d`` adds sigma_own * sqrt(1/d - 1) (quarter
 By default sigma_own is estimated in the flattest soft-tissue windows (``--own-noise HU`` gives it) and
 I0 is calibrated so that the simulated full-dose noise equals it; a scan with under 2 HU of noise looks
 smoothed and gets the nominal I0 1.5e5. ``--flux I0`` sets I0 instead (the electronic noise is then taken
-as given; calibrated, it is scaled with I0 / 1.5e5). One line reports what was done.
+as given; calibrated, it is scaled with I0 / 1.5e5). The added noise also takes the scan's *texture*: the
+simulator's reconstruction kernel (a Hann window) gets the cutoff whose noise correlates between neighbouring
+pixels as the scan's own noise does (``--kernel-cutoff match``, the default; a number sets it: 1 is the plain
+Hann kernel, smaller is smoother; see ``cdm4mi.simulate.relative_dose``). One line reports what was done.
 
 A simulated CT series from a DICOM input that records its Exposure (mAs) records ``dose`` times it, so
 the tags of the low-dose series tell its dose (``cdm4mi.data.metadata``, field ``exposure_mas``).
@@ -24,7 +27,7 @@ import math
 from pathlib import Path
 
 from cdm4mi.atomic import check_writable, refuse_input_overlap
-from cdm4mi.cli.options import fraction, non_negative_float, non_negative_int, positive_float
+from cdm4mi.cli.options import cutoff_or_match, fraction, non_negative_float, non_negative_int, positive_float
 from cdm4mi.data.metadata import dicom_metadata
 from cdm4mi.io import NIFTI_SUFFIXES
 
@@ -44,6 +47,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--electronic-noise", type=non_negative_float, default=10.0,
                         help="CT electronic noise variance, counts^2 (default 10; scaled by I0 / 1.5e5 when I0 is "
                         "calibrated)")
+    parser.add_argument("--kernel-cutoff", type=cutoff_or_match, default="match", metavar="match|C",
+                        help="CT noise texture: 'match' fits the kernel's Hann cutoff to the scan's own noise (default; "
+                        "the plain Hann kernel, 1, for a smoothed scan), or a cutoff in Nyquists > 0")
     parser.add_argument("--sigma-percent", type=non_negative_float, default=5.0, help="MRI noise sigma in %% of the reference")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
@@ -54,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from cdm4mi.cli.denoise import warn_header_problems
     from cdm4mi.io.read import load_scan
     from cdm4mi.io.write import check_replaceable_series, write_volume
-    from cdm4mi.simulate.ct_dose import simulate_low_dose_ct, simulate_relative_dose
+    from cdm4mi.simulate.ct_dose import simulate_low_dose_ct
+    from cdm4mi.simulate.relative_dose import scan_kernel_cutoff, simulate_relative_dose
     from cdm4mi.simulate.mri_noise import add_rician_noise
 
     input_path, output = Path(args.input), Path(args.output)
@@ -69,14 +76,19 @@ def run(args: argparse.Namespace) -> int:
     tags = {}
     if args.modality == "ct":
         if args.flux is not None:
+            cutoff, fit = (scan_kernel_cutoff(scan.array) if args.kernel_cutoff == "match"
+                           else (args.kernel_cutoff, None))
             noisy = simulate_low_dose_ct(scan.array, scan.spacing_mm[1:], dose_fraction=args.dose,
                                          incident_flux=args.flux, electronic_noise_var=args.electronic_noise,
-                                         seed=args.seed)
+                                         seed=args.seed, kernel_cutoff=cutoff)
+            print(texture_line(cutoff, fit))
             description = f"simulated {args.dose:.0%} dose (I0 {args.flux:.3g})"
         else:
             noisy, info = simulate_relative_dose(scan.array, scan.spacing_mm[1:], args.dose, args.own_noise,
-                                                 seed=args.seed, electronic_noise_var=args.electronic_noise)
+                                                 seed=args.seed, electronic_noise_var=args.electronic_noise,
+                                                 kernel_cutoff=args.kernel_cutoff)
             print(calibration_line(info))
+            print(texture_line(info["kernel_cutoff"], info["texture"]))
             description = (f"simulated {args.dose:.0%} dose (own noise {info['own_noise_hu']:.1f} HU, "
                            f"I0 {info['incident_flux']:.3g})" if info["calibrated"]
                            else f"simulated {args.dose:.0%} dose (I0 {info['incident_flux']:.3g}, nominal)")
@@ -97,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 def calibration_line(info: dict) -> str:
     """What ``simulate_relative_dose`` did, in one line."""
-    from cdm4mi.simulate.ct_dose import MIN_OWN_NOISE_HU
+    from cdm4mi.simulate.relative_dose import MIN_OWN_NOISE_HU
 
     dose = f"{info['added_noise_hu']:.1f} HU inserted in soft tissue at {info['dose_fraction']:.0%} dose"
     own = info["own_noise_hu"]
@@ -107,3 +119,10 @@ def calibration_line(info: dict) -> str:
     reason = ("no soft tissue to measure its own noise in" if math.isnan(own) else
               f"scan looks smoothed (own noise {own:.1f} HU, {info['own_noise_source']}, < {MIN_OWN_NOISE_HU:g} HU)")
     return f"{reason}: nominal I0 {info['incident_flux']:.3g} used, {dose}"
+
+
+def texture_line(cutoff: float, fit) -> str:
+    """The noise texture used, in one line: the fitted kernel (``KernelFit``) or the cutoff given/defaulted."""
+    if fit is not None:
+        return f"texture matched to the scan's own noise: {fit.describe()}"
+    return f"texture: kernel cutoff {cutoff:.2f} Nyquist (not matched: given, or no measurable own noise)"

@@ -3,8 +3,10 @@
 A full-dose CT scan becomes training pairs at every dose: the simulator (``cdm4mi.simulate.ct_dose``) inserts
 the noise a dose fraction ``d`` adds, *relative to the scan's own noise*. Noise variance goes as 1/dose,
 so ``d`` adds ``sigma_own * sqrt(1/d - 1)``: the incident flux is calibrated per scan so that the
-simulated full-dose noise equals the one measured in the scan (``calibrate_incident_flux``); a smoothed
-scan with almost no measurable noise falls back to the nominal flux.
+simulated full-dose noise equals the one measured in the scan (``calibrate_incident_flux``), and the
+reconstruction kernel's cutoff so that its texture (neighbour correlations) matches the scan's own noise
+(``scan_kernel_cutoff``); a smoothed scan with almost no measurable noise falls back to the nominal flux and
+the plain Hann kernel.
 
 Simulating every crop from scratch would cost a projection and an FBP per item (0.3 s per 512² slice),
 so each scan gets a small *bank* of noise realizations at a reference dose ``d_ref`` once, when it is
@@ -26,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cdm4mi.simulate.ct_dose import calibrate_incident_flux, simulate_low_dose_ct
+from cdm4mi.simulate.ct_dose import simulate_low_dose_ct
+from cdm4mi.simulate.relative_dose import calibrate_incident_flux, scan_kernel_cutoff
 from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu, soft_tissue_noise_hu
 
 NOMINAL_FLUX = 1.5e5
@@ -95,6 +98,8 @@ class NoiseBank:
     flux: float
     calibrated: bool
     """False: the scan looked smoothed (own noise too small to measure) and the nominal flux was used."""
+    kernel_cutoff: float = 1.0
+    """The simulator's Hann cutoff, matched to the texture of the scan's own noise (1: not matched)."""
 
     def added_noise_hu(self, dose: float) -> float:
         """HU std that ``dose`` adds to the full-dose scan (soft tissue)."""
@@ -112,19 +117,21 @@ def noise_scale(dose: float, reference: float = REFERENCE_DOSE) -> float:
 
 def build_noise_bank(target_hu: np.ndarray, spacing_mm: Sequence[float], realizations: int, seed: int) -> NoiseBank:
     """Simulate ``realizations`` noise images of a full-dose volume ``[D, H, W]`` (HU, in-plane pixel
-    ``spacing_mm`` (row, col) mm) at ``REFERENCE_DOSE``, with the flux calibrated to the scan's own noise."""
+    ``spacing_mm`` (row, col) mm) at ``REFERENCE_DOSE``, with the flux calibrated to the scan's own noise
+    and the kernel to its texture, as ``cdm4mi simulate`` does."""
     volume = np.asarray(target_hu, dtype=np.float32)
     own = estimate_ct_noise_hu(volume)
-    flux = calibrate_incident_flux(volume, tuple(spacing_mm), own)
+    cutoff, _ = scan_kernel_cutoff(volume, own)
+    flux = calibrate_incident_flux(volume, tuple(spacing_mm), own, kernel_cutoff=cutoff)
     calibrated = flux is not None
     flux = flux if calibrated else NOMINAL_FLUX
     rng = np.random.default_rng(seed)
     noise = np.empty((realizations, *volume.shape), dtype=np.float32)
     for r in range(realizations):
         noise[r] = simulate_low_dose_ct(volume, tuple(spacing_mm), dose_fraction=REFERENCE_DOSE, incident_flux=flux,
-                                        electronic_noise_var=0.0, rng=rng) - volume
+                                        electronic_noise_var=0.0, rng=rng, kernel_cutoff=cutoff) - volume
     bank_std = float(np.mean([soft_tissue_noise_hu(n, volume) for n in noise]))
-    return NoiseBank(noise, own if calibrated else 0.0, bank_std, flux, calibrated)
+    return NoiseBank(noise, own if calibrated else 0.0, bank_std, flux, calibrated, cutoff)
 
 
 def _pair(value: object, where: str) -> tuple[float, float]:

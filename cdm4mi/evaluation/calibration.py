@@ -33,7 +33,7 @@ from cdm4mi.data.dose_augmentation import DoseAugmentation
 from cdm4mi.evaluation.metrics import body_mask
 from cdm4mi.inference.denoise import denoise_scan
 from cdm4mi.io.read import Scan, load_scan
-from cdm4mi.simulate.ct_dose import simulate_relative_dose
+from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.training.checkpoint import load_module, store_card_entry
 from cdm4mi.training.module import DiffusionModule
 

@@ -43,7 +43,7 @@ from cdm4mi.data.metadata import encode_metadata
 from cdm4mi.data.preprocessing import slab_indices
 from cdm4mi.diffusion.objective import DiffusionObjective
 from cdm4mi.inference.denoise import dihedral_turn
-from cdm4mi.simulate.ct_dose import simulate_relative_dose
+from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.simulate.noise_estimate import units_per_hu
 from cdm4mi.training.module import DiffusionModule
 

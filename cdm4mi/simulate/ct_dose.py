@@ -32,15 +32,10 @@ simulation uses ``num_angles`` views over 180 deg and scales the per-view flux a
 variance by ``scanner_views / num_angles``, so the image noise depends on the dose, not on
 ``num_angles``, which is only a speed/accuracy setting. Noise std scales as ``1/sqrt(b)``.
 
-Dose relative to the scan's own noise: a full-dose scan already carries noise ``sigma_own``, and noise
-variance goes as 1/dose, so dose fraction ``d`` must add ``sigma_own * sqrt(1/d - 1)`` (quarter dose:
-``sqrt(3) * sigma_own``). A fixed nominal ``b`` ignores the scan's own noise and can add less noise than
-the scan already has. ``calibrate_incident_flux`` finds the ``b`` at which the simulated full-dose noise
-equals ``sigma_own``; ``simulate_relative_dose`` estimates ``sigma_own`` (``estimate_ct_noise_hu``),
-calibrates and simulates, falling back to the nominal ``b`` = 1.5e5 for a smoothed scan (< 2 HU of noise).
+Dose relative to the scan's own noise, with its texture: ``cdm4mi.simulate.relative_dose``.
 
 The projector (bilinear rotate-and-sum) and FBP (Ram-Lak kernel of Kak & Slaney, optionally
-Hann-windowed; linear-interpolation back projection) are implemented here on torch ``grid_sample``;
+Hann-windowed with a cutoff that sets the noise texture; linear-interpolation back projection) are implemented here on torch ``grid_sample``;
 slices of a volume ride along as channels so they share the sampling grids.
 """
 
@@ -54,12 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu, soft_tissue_noise_hu
-
 MU_WATER_PER_MM = 0.0192
 NOMINAL_INCIDENT_FLUX = 1.5e5  # CoreDiff's normal-dose I0
-MIN_OWN_NOISE_HU = 2.0  # below this a scan has been smoothed (or is synthetic): nothing to calibrate to
-CALIBRATION_DOSE = 0.5  # adds (1-d)/d = 1 times the full-dose variance: the full-dose noise itself
 NOISE_MODELS = ("gaussian", "poisson")
 FILTERS = ("ramp", "hann")
 _COUNT_FLOOR = 1.0  # photons: the eps of max(y, eps); keeps the log finite where counts are starved
@@ -119,10 +110,19 @@ def forward_project(mu: torch.Tensor, geometry: ParallelBeamGeometry) -> torch.T
     return out
 
 
-def filter_sinogram(sinogram: torch.Tensor, bin_mm: float, filter_name: str = "ramp") -> torch.Tensor:
-    """Ramp-filter each view of ``sinogram`` [..., bins] (bins ``bin_mm`` apart) -> 1/mm, for FBP."""
+def filter_sinogram(
+    sinogram: torch.Tensor, bin_mm: float, filter_name: str = "ramp", kernel_cutoff: float = 1.0
+) -> torch.Tensor:
+    """Ramp-filter each view of ``sinogram`` [..., bins] (bins ``bin_mm`` apart) -> 1/mm, for FBP.
+
+    ``hann`` multiplies the ramp by a Hann window ``0.5 (1 + cos(pi f / (c f_N)))`` that reaches zero at
+    ``c = kernel_cutoff`` times the Nyquist frequency ``f_N`` (and is cut there when c > 1): c = 1 is the
+    classic Hann filter, c < 1 a smoother kernel (coarser noise grain), c > 1 a sharper one (towards the
+    plain ramp). The cutoff is the one knob of the noise texture (``cdm4mi.simulate.relative_dose``).
+    """
     if filter_name not in FILTERS:
         raise ValueError(f"filter_name: unknown '{filter_name}'; choose one of {list(FILTERS)}")
+    _validate_cutoff(kernel_cutoff)
     num_bins = sinogram.shape[-1]
     padded = 1 << math.ceil(math.log2(2 * num_bins - 1))  # zero padding stops wrap-around of the kernel
     # Spatial Ram-Lak kernel (Kak & Slaney eq. 3.61): its discrete transform has no DC error.
@@ -131,7 +131,8 @@ def filter_sinogram(sinogram: torch.Tensor, bin_mm: float, filter_name: str = "r
     kernel[0] = 1.0 / (4 * bin_mm**2)
     response = torch.fft.rfft(kernel).real
     if filter_name == "hann":
-        response = response * 0.5 * (1 + torch.cos(2 * math.pi * torch.fft.rfftfreq(padded, dtype=torch.float64)))
+        nyquists = torch.fft.rfftfreq(padded, dtype=torch.float64) / (0.5 * kernel_cutoff)  # f / (c f_N)
+        response = torch.where(nyquists < 1, response * 0.5 * (1 + torch.cos(math.pi * nyquists)), 0.0)
     spectrum = torch.fft.rfft(sinogram, n=padded) * (response * bin_mm).to(sinogram.dtype)
     return torch.fft.irfft(spectrum, n=padded)[..., :num_bins]
 
@@ -160,9 +161,11 @@ def back_project(filtered: torch.Tensor, geometry: ParallelBeamGeometry) -> torc
     return image.reshape(batch, rows, cols) * (math.pi / num_angles)
 
 
-def fbp(sinogram: torch.Tensor, geometry: ParallelBeamGeometry, filter_name: str = "ramp") -> torch.Tensor:
+def fbp(
+    sinogram: torch.Tensor, geometry: ParallelBeamGeometry, filter_name: str = "ramp", kernel_cutoff: float = 1.0
+) -> torch.Tensor:
     """Filtered back projection of line integrals [B, angles, bins] -> attenuation [B, H, W] (1/mm)."""
-    return back_project(filter_sinogram(sinogram, geometry.bin_mm, filter_name), geometry)
+    return back_project(filter_sinogram(sinogram, geometry.bin_mm, filter_name, kernel_cutoff), geometry)
 
 
 def hu_to_mu(hu: torch.Tensor) -> torch.Tensor:
@@ -194,18 +197,21 @@ def simulate_low_dose_ct(
     scanner_views: int = 1152,
     seed: int | None = None,
     rng: np.random.Generator | None = None,
+    kernel_cutoff: float = 1.0,
 ) -> np.ndarray:
     """Low-dose version of a full-dose CT slice [H, W] or volume [D, H, W] in HU, slice by slice.
 
     ``pixel_spacing_mm`` is the in-plane (row, col) pixel size in mm (one number for square pixels).
     ``dose_fraction`` k in (0, 1]; ``incident_flux`` full-dose photons per detector bin per view;
-    ``electronic_noise_var`` in counts^2. Returns float32 HU of the input's shape. Pass ``seed`` or a
-    numpy ``rng`` for reproducible noise. Values are not clipped (noise in air can go below -1000).
+    ``electronic_noise_var`` in counts^2; ``kernel_cutoff``: the Hann window's cutoff, the noise texture
+    (``filter_sinogram``). Returns float32 HU of the input's shape. Pass ``seed`` or a numpy ``rng`` for
+    reproducible noise. Values are not clipped (noise in air can go below -1000).
     """
-    image, spacing = _validated_image(hu, pixel_spacing_mm)
-    _validate_physics(
+    image, spacing = validated_image(hu, pixel_spacing_mm)
+    validate_physics(
         dose_fraction, incident_flux, electronic_noise_var, model, filter_name, num_angles, scanner_views
     )
+    _validate_cutoff(kernel_cutoff)
     if seed is not None and rng is not None:
         raise ValueError("seed, rng: pass at most one of them")
     if model == "gaussian" and dose_fraction == 1.0:
@@ -228,88 +234,9 @@ def simulate_low_dose_ct(
             delta = var.sqrt() * _standard_normal(rng, var.shape)
         else:
             delta = _poisson_log_noise(line_integrals, dose_fraction, flux, electronic_var, rng)
-        noise_mu = fbp(delta, geometry, filter_name)
+        noise_mu = fbp(delta, geometry, filter_name, kernel_cutoff)
         noisy[start : start + _SLICES_PER_BATCH] = batch + 1000 * noise_mu / MU_WATER_PER_MM
     return noisy.reshape(image.shape).numpy()
-
-
-def calibrate_incident_flux(
-    hu: np.ndarray,
-    pixel_spacing_mm: float | tuple[float, float],
-    own_noise_hu: float,
-    filter_name: Literal["ramp", "hann"] = "hann",
-    num_angles: int | None = None,
-    scanner_views: int = 1152,
-    seed: int = 0,
-) -> float | None:
-    """Full-dose incident flux ``b`` at which the simulated full-dose noise of a CT slice [H, W] or volume
-    [D, H, W] (HU) equals its own noise ``own_noise_hu`` (HU std in soft tissue), or None when
-    ``own_noise_hu`` is under ``MIN_OWN_NOISE_HU`` or not finite (a smoothed scan: use a nominal flux) or
-    the scan has no soft tissue to measure in.
-
-    One simulation at ``CALIBRATION_DOSE`` (which adds exactly the full-dose variance) at the nominal flux,
-    without electronic noise, measured with ``soft_tissue_noise_hu``: the inserted std then scales exactly
-    as ``1/sqrt(b)``, so ``b = b_nominal * (measured / own)^2``. Electronic noise, added later, raises the
-    noise only where counts starve. A volume is calibrated on up to 8 evenly spaced slices.
-    ``filter_name``, ``num_angles``, ``scanner_views``: as the simulation that will use ``b``.
-    """
-    if not (math.isfinite(own_noise_hu) and own_noise_hu >= MIN_OWN_NOISE_HU):
-        return None
-    image, spacing = _validated_image(hu, pixel_spacing_mm)
-    if image.ndim == 3:
-        image = image[:: max(1, math.ceil(len(image) / 8))]
-    image = image.astype(np.float32)
-    noise = simulate_low_dose_ct(image, spacing, CALIBRATION_DOSE, NOMINAL_INCIDENT_FLUX, electronic_noise_var=0.0,
-                                 filter_name=filter_name, num_angles=num_angles, scanner_views=scanner_views,
-                                 seed=seed) - image
-    measured = soft_tissue_noise_hu(noise, image)
-    if not (math.isfinite(measured) and measured > 0):
-        return None
-    return NOMINAL_INCIDENT_FLUX * (measured / own_noise_hu) ** 2
-
-
-def simulate_relative_dose(
-    hu: np.ndarray,
-    pixel_spacing_mm: float | tuple[float, float],
-    dose_fraction: float = 0.25,
-    own_noise_hu: float | None = None,
-    seed: int | None = None,
-    electronic_noise_var: float = 10.0,
-    filter_name: Literal["ramp", "hann"] = "hann",
-    num_angles: int | None = None,
-    scanner_views: int = 1152,
-) -> tuple[np.ndarray, dict]:
-    """``simulate_low_dose_ct`` at ``dose_fraction`` of the scan's *own* dose (Gaussian model).
-
-    ``own_noise_hu``: the full-dose scan's noise (HU std in soft tissue); None estimates it
-    (``estimate_ct_noise_hu``). The flux is calibrated to it (``calibrate_incident_flux``), so the dose
-    adds about ``own * sqrt(1/dose - 1)``; a scan with under ``MIN_OWN_NOISE_HU`` (smoothed) gets the
-    nominal flux 1.5e5. ``electronic_noise_var`` (counts^2) is the one at the nominal flux and is scaled by
-    ``b / 1.5e5``: a calibrated ``b`` far from the nominal one says that the simulated geometry (a cropped
-    field of view, say) is not the scanner's, so ``b`` is an effective number, and the electronic noise
-    keeps the share of the noise it has in a nominal simulation. Returns the noisy HU (float32, the input's
-    shape) and ``info``: ``own_noise_hu``, ``own_noise_source`` ("given" or "estimated"),
-    ``incident_flux`` and ``electronic_noise_var`` (those used), ``calibrated`` (False: nominal flux),
-    ``dose_fraction`` and ``added_noise_hu`` (std of noisy - input in soft tissue, measured; NaN without
-    soft tissue).
-    """
-    image, spacing = _validated_image(hu, pixel_spacing_mm)
-    _validate_physics(dose_fraction, NOMINAL_INCIDENT_FLUX, electronic_noise_var, "gaussian", filter_name, num_angles,
-                      scanner_views)
-    if own_noise_hu is not None and not (math.isfinite(own_noise_hu) and own_noise_hu >= 0):
-        raise ValueError(f"own_noise_hu: a noise std in HU >= 0 (or None to estimate it), got {own_noise_hu}")
-    source = "estimated" if own_noise_hu is None else "given"
-    own = estimate_ct_noise_hu(image) if own_noise_hu is None else float(own_noise_hu)
-    flux = calibrate_incident_flux(image, spacing, own, filter_name, num_angles, scanner_views)
-    calibrated = flux is not None
-    flux = flux if calibrated else NOMINAL_INCIDENT_FLUX
-    # Scaled with the flux, the electronic noise keeps its nominal share and the noise scales as 1/sqrt(b).
-    electronic = electronic_noise_var * flux / NOMINAL_INCIDENT_FLUX
-    noisy = simulate_low_dose_ct(image, spacing, dose_fraction, flux, electronic, filter_name=filter_name,
-                                 num_angles=num_angles, scanner_views=scanner_views, seed=seed)
-    added = soft_tissue_noise_hu(noisy - image, image)
-    return noisy, {"own_noise_hu": own, "own_noise_source": source, "incident_flux": flux, "calibrated": calibrated,
-                   "electronic_noise_var": electronic, "dose_fraction": dose_fraction, "added_noise_hu": added}
 
 
 def _extra_log_variance(p: torch.Tensor, k: float, flux: float, electronic_var: float) -> torch.Tensor:
@@ -359,7 +286,13 @@ def _variance_projection(mu: torch.Tensor, geometry: ParallelBeamGeometry) -> to
     return F.grid_sample(sinogram[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
 
 
-def _validated_image(
+def _validate_cutoff(kernel_cutoff: float) -> None:
+    if (isinstance(kernel_cutoff, bool) or not isinstance(kernel_cutoff, (int, float))
+            or not (math.isfinite(kernel_cutoff) and kernel_cutoff > 0)):
+        raise ValueError(f"kernel_cutoff: the Hann window's cutoff in Nyquists, a number > 0, got {kernel_cutoff!r}")
+
+
+def validated_image(
     hu: np.ndarray, pixel_spacing_mm: float | tuple[float, float]
 ) -> tuple[np.ndarray, tuple[float, float]]:
     image = np.asarray(hu)
@@ -375,7 +308,7 @@ def _validated_image(
     return image, (float(spacing[0]), float(spacing[1]))
 
 
-def _validate_physics(
+def validate_physics(
     dose_fraction: float,
     incident_flux: float,
     electronic_noise_var: float,

@@ -13,7 +13,7 @@ Two estimators, for two jobs:
     The HU std of the noise in soft tissue of a CT slice or volume, right for FBP-correlated noise:
     the std within the flattest soft-tissue windows, which sees the noise at every frequency.
     Use it to compare noise levels in HU, e.g. to calibrate a simulated dose to the scan's own noise
-    (``cdm4mi.simulate.ct_dose.simulate_relative_dose``).
+    (``cdm4mi.simulate.relative_dose.simulate_relative_dose``).
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ _MEDIAN_PX = 5  # the tissue class is read from a 5x5 median, so noise barely mo
 _BODY_HU = -500.0
 _PERCENTILE = 25.0
 # Gaussian noise in a plane-detrended window has a variance distributed as sigma^2 chi2_nu / nu, with
-# nu = (m-3)^2 / sum of squared noise correlations over the window (Satterthwaite). FBP noise from a
-# standard kernel sampled at about its resolution (lag-1 correlation ~0.6) gives nu ~ 60 in 14x14 windows;
-# white noise gives 192. The 25th percentile of the window std is then sqrt(chi2.ppf(0.25, nu) / nu)
-# sigma: 0.934 at nu = 60 (0.917 at 40, 0.949 at 100), so the factor is off by <= 2 % over that range.
-# Checked on pure noise: simulated FBP noise 0.92-0.93 (the few % being its slow change across the
-# field), white noise 0.966 (predicted 0.964).
-_EFFECTIVE_DOF = 60
-_PURE_NOISE_PERCENTILE_RATIO = math.sqrt(stats.chi2.ppf(_PERCENTILE / 100, _EFFECTIVE_DOF) / _EFFECTIVE_DOF)
+# nu = tr(S)^2 / tr(S^2) for the window's noise correlation matrix S (Satterthwaite): 193 for white noise,
+# ~65 for FBP noise of the plain Hann kernel (lag-1 correlation ~0.6), ~20 for a smooth kernel (~0.8). The
+# 25th percentile of the window std is then sqrt(chi2.ppf(0.25, nu) / nu) sigma (0.964, 0.936, 0.88), so
+# each slice's nu is measured: S from the correlations of its flattest windows up to _DOF_LAG px apart
+# (``_effective_dof``). Checked on pure simulated noise of a water phantom (tests/simulate/test_noise_estimate.py):
+# 0.97-0.98 of the true std for Hann cutoffs 0.7-3, 0.93 at 0.5 and 0.88 at 0.4, where selecting the flattest
+# windows also selects the least correlated ones (a constant nu of 60 read 0.88 and 0.82 there).
+_DOF_LAG = 6
 _MIN_WINDOWS = 8
 _MAX_SLICES = 16
 NOISE_ESTIMATORS = ("wavelet", "ct_flat_regions")  # data.noise_estimator: estimate_noise_std, estimate_ct_noise_hu
@@ -63,8 +63,8 @@ def estimate_ct_noise_hu(slice_or_volume_hu: np.ndarray) -> float:
     Every 14x14-pixel window (half-overlapping) lying wholly in soft tissue (``soft_tissue_mask``) is
     detrended by a least-squares plane, so slow anatomy gradients do not count; its residual std is
     noise plus whatever structure the window holds. The 25th percentile over windows picks the flattest
-    ones and is divided by its value for pure Gaussian noise (0.934, see ``_EFFECTIVE_DOF``) to give the
-    noise std. Windows are in pixels: FBP noise grain scales with the pixel, as the kernel is matched to
+    ones and is divided by its value for pure Gaussian noise of the slice's texture (0.88-0.96, see
+    ``_DOF_LAG``) to give the noise std. Windows are in pixels: FBP noise grain scales with the pixel, as the kernel is matched to
     the matrix. A volume gives the median over up to 16 evenly spaced slices.
 
     Returns NaN when no slice has 8 such windows (no soft tissue, or an image under ~30x30 pixels).
@@ -77,6 +77,35 @@ def estimate_ct_noise_hu(slice_or_volume_hu: np.ndarray) -> float:
     slices = slices[:: max(1, math.ceil(len(slices) / _MAX_SLICES))]
     estimates = [value for value in map(_slice_noise_hu, slices) if math.isfinite(value)]
     return float(np.median(estimates)) if estimates else math.nan
+
+
+def estimate_noise_correlation(slice_or_volume_hu: np.ndarray, max_lag: int = 3) -> np.ndarray:
+    """Correlation of the noise of a CT slice [H, W] or volume [D, H, W] (HU) between pixels 1..``max_lag``
+    apart (rows and columns averaged): its *texture*, which the reconstruction kernel sets.
+
+    Measured as ``estimate_ct_noise_hu`` measures the level, in the flattest quarter of the detrended
+    soft-tissue windows (``window_correlation``), pooled over up to 16 evenly spaced slices. Detrending
+    lowers the correlations a little (a plane absorbs some slow noise), so compare them only with
+    correlations measured the same way. NaN (``max_lag`` of them) when no slice has soft tissue to measure in.
+    """
+    image = np.asarray(slice_or_volume_hu, dtype=np.float32)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"slice_or_volume_hu: expected [H, W] or [D, H, W] HU, got shape {image.shape}")
+    slices = image.reshape(-1, *image.shape[-2:])
+    residuals = [r for r in map(_window_residuals, slices[:: max(1, math.ceil(len(slices) / _MAX_SLICES))])
+                 if r is not None]
+    return window_correlation(np.concatenate(residuals), max_lag) if residuals else np.full(max_lag, math.nan)
+
+
+def window_correlation(residuals: np.ndarray, max_lag: int = 3) -> np.ndarray:
+    """Pooled correlation at lags 1..``max_lag`` px of detrended windows [N, 14, 14] (``plane_residuals``),
+    rows and columns averaged, over the flattest quarter of them (the 25 % with the least residual energy,
+    as ``estimate_ct_noise_hu`` picks its level): on anatomy the others hold structure, not noise."""
+    if not 1 <= max_lag < WINDOW_PX:
+        raise ValueError(f"max_lag: an integer in [1, {WINDOW_PX - 1}], got {max_lag}")
+    flat = _flattest(residuals)
+    return np.array([0.5 * (_lag_correlation(flat, 0, lag) + _lag_correlation(flat, lag, 0))
+                     for lag in range(1, max_lag + 1)])
 
 
 def estimate_input_noise(volume_units: np.ndarray, normalization, estimator: str = "wavelet") -> float:
@@ -130,18 +159,62 @@ def _slice_soft_tissue(hu: np.ndarray) -> np.ndarray:
 
 
 def _slice_noise_hu(hu: np.ndarray) -> float:
-    if min(hu.shape) < WINDOW_PX:
+    residuals = _window_residuals(hu)
+    if residuals is None:
         return math.nan
+    stds = np.sqrt((residuals**2).sum(axis=(1, 2)) / (WINDOW_PX**2 - 3))
+    dof = _effective_dof(residuals)
+    return float(np.percentile(stds, _PERCENTILE) / math.sqrt(stats.chi2.ppf(_PERCENTILE / 100, dof) / dof))
+
+
+def _window_residuals(hu: np.ndarray) -> np.ndarray | None:
+    """[windows, 14, 14] residuals of every half-overlapping window wholly in soft tissue; None when a slice
+    has fewer than ``_MIN_WINDOWS`` of them."""
+    if min(hu.shape) < WINDOW_PX:
+        return None
     step = _WINDOW_STEP_PX
     inside = sliding_window_view(_slice_soft_tissue(hu), (WINDOW_PX, WINDOW_PX))[::step, ::step].all(axis=(-1, -2))
-    if inside.sum() < _MIN_WINDOWS:
-        return math.nan
-    windows = sliding_window_view(hu, (WINDOW_PX, WINDOW_PX))[::step, ::step][inside]
-    windows = windows.reshape(len(windows), -1).astype(np.float64)
+    return plane_residuals(hu, inside) if inside.sum() >= _MIN_WINDOWS else None
+
+
+def plane_residuals(image: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
+    """[windows, 14, 14]: the half-overlapping 14x14 windows of a slice [H, W] (those ``inside`` marks, a
+    boolean grid of window positions; default all), each minus its least-squares plane."""
+    windows = sliding_window_view(image, (WINDOW_PX, WINDOW_PX))[::_WINDOW_STEP_PX, ::_WINDOW_STEP_PX]
+    windows = (windows[inside] if inside is not None else windows).reshape(-1, WINDOW_PX**2).astype(np.float64)
     plane, _ = np.linalg.qr(_plane_basis())
-    residual = windows - (windows @ plane) @ plane.T
-    stds = np.sqrt((residual**2).sum(axis=1) / (WINDOW_PX**2 - 3))
-    return float(np.percentile(stds, _PERCENTILE) / _PURE_NOISE_PERCENTILE_RATIO)
+    return (windows - (windows @ plane) @ plane.T).reshape(-1, WINDOW_PX, WINDOW_PX)
+
+
+def _flattest(residuals: np.ndarray) -> np.ndarray:
+    energy = (residuals**2).sum(axis=(1, 2))
+    return residuals[energy <= np.percentile(energy, _PERCENTILE)]
+
+
+def _lag_correlation(flat: np.ndarray, rows: int, cols: int) -> float:
+    """Correlation of windows [N, m, m] between pixels ``rows`` down and ``cols`` right (either sign) apart."""
+    m = flat.shape[-1]
+    first = flat[:, : m - rows, max(0, -cols) : m - max(0, cols)]
+    second = flat[:, rows:, max(0, cols) : m - max(0, -cols)]
+    variance = (flat**2).mean()
+    return float((first * second).mean() / variance) if variance > 0 else 0.0  # no noise: nothing correlates
+
+
+def _effective_dof(residuals: np.ndarray) -> float:
+    """Satterthwaite degrees of freedom tr(S)^2 / tr(S^2) of a window's noise, S built from the flattest
+    windows' correlations up to ``_DOF_LAG`` px apart in each direction (stationary: S[i, j] = rho(j - i)).
+    Clipped to [4, m^2 - 3]."""
+    flat = _flattest(residuals)
+    rows, cols = np.divmod(np.arange(WINDOW_PX**2), WINDOW_PX)
+    d_rows, d_cols = rows[None, :] - rows[:, None], cols[None, :] - cols[:, None]
+    near = (np.abs(d_rows) <= _DOF_LAG) & (np.abs(d_cols) <= _DOF_LAG)
+    rho = {(r, c): _lag_correlation(flat, r, c) for r in range(_DOF_LAG + 1) for c in range(-_DOF_LAG, _DOF_LAG + 1)}
+    rho[0, 0] = 1.0  # also for windows without any noise
+    signs = np.where(d_rows >= 0, 1, -1)  # rho(-d) = rho(d)
+    matrix = np.zeros((WINDOW_PX**2, WINDOW_PX**2))
+    matrix[near] = [rho[r, c] for r, c in zip((signs * d_rows)[near], (signs * d_cols)[near])]
+    dof = np.trace(matrix) ** 2 / np.sum(matrix * matrix)
+    return float(np.clip(dof, 4, WINDOW_PX**2 - 3))
 
 
 def _plane_basis() -> np.ndarray:

@@ -64,8 +64,10 @@ GOOD = {  # command line -> parsed values: the checks refuse nothing a user may 
         {"steps": 1, "eta": 0.0, "t_start": None, "samples": 1, "batch_size": 1, "seed": 0, "device": "cpu"},
     "denoise --t-start 0 --eta 1.5 --device auto": {"t_start": 0, "eta": 1.5},
     "evaluate --window -1000 -999.5 --folds 2 --t-start 7": {"window": [-1000.0, -999.5], "folds": 2, "t_start": 7},
-    "simulate --dose 1 --flux 1e5 --own-noise 0 --electronic-noise 0 --sigma-percent 0":
-        {"dose": 1.0, "flux": 1e5, "own_noise": 0.0, "electronic_noise": 0.0, "sigma_percent": 0.0},
+    "simulate --dose 1 --flux 1e5 --own-noise 0 --electronic-noise 0 --sigma-percent 0 --kernel-cutoff 0.3":
+        {"dose": 1.0, "flux": 1e5, "own_noise": 0.0, "electronic_noise": 0.0, "sigma_percent": 0.0,
+         "kernel_cutoff": 0.3},
+    "simulate --kernel-cutoff match": {"kernel_cutoff": "match"},
     "manifest --split 1,0,0 --dose-fraction 1 --seed 3": {"split": (1.0, 0.0, 0.0), "dose_fraction": 1.0, "seed": 3},
     "sample --snr 1e-3 --n-corrector 0 --guidance-scale 0 --num-samples 1": {"snr": 1e-3, "n_corrector": 0,
                                                                              "guidance_scale": 0.0},

@@ -19,7 +19,8 @@ from cdm4mi.data.registry import build_dataset
 from cdm4mi.inference.denoise import denoise_volume
 from cdm4mi.io.read import load_scan
 from cdm4mi.io.write import write_nifti
-from cdm4mi.simulate.ct_dose import simulate_low_dose_ct, simulate_relative_dose
+from cdm4mi.simulate.ct_dose import simulate_low_dose_ct
+from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.simulate.noise_estimate import soft_tissue_noise_hu
 from cdm4mi.training.checkpoint import load_module
 

@@ -294,12 +294,16 @@ def test_simulate_calibrates_the_dose_to_the_scans_own_noise(inputs, tmp_path, c
     ct, source = inputs["ct"], load_scan(inputs["ct"])
     own = estimate_ct_noise_hu(source.array)
 
+    texture = []
+
     def simulate(name: str, *options: str) -> tuple[str, float]:
         printed = cli(capsys, "simulate", "--input", ct, "--output", tmp_path / name, "--modality", "ct", *options)
         added = soft_tissue_noise_hu(load_scan(tmp_path / name).array - source.array, source.array)
+        texture.append(next(line for line in printed.splitlines() if line.startswith("texture")))
         return printed.splitlines()[0], added
 
     line, added = simulate("a.nii.gz")
+    assert texture[-1].startswith("texture matched to the scan's own noise: kernel cutoff ")
     assert added == pytest.approx(own * 3**0.5, rel=0.1)
     assert line.startswith(f"own noise {own:.1f} HU (estimated), I0 calibrated to ")
     assert line.endswith(f": {added:.1f} HU inserted in soft tissue at 25% dose (target {own * 3**0.5:.1f})")
@@ -310,6 +314,10 @@ def test_simulate_calibrates_the_dose_to_the_scans_own_noise(inputs, tmp_path, c
                     "HU inserted in soft tissue at 25% dose")
     _, nominal = simulate("d.nii.gz", "--flux", "1.5e5")
     assert nominal == smoothed < own / 3
+    assert texture[-1] == texture[0]  # the texture is read from the image, also with --flux or a given level
+    _, plain = simulate("f.nii.gz", "--kernel-cutoff", "1", "--flux", "1.5e5")  # the plain Hann: finer, stronger
+    assert texture[-1] == "texture: kernel cutoff 1.00 Nyquist (not matched: given, or no measurable own noise)"
+    assert plain > nominal
     # --own-noise -1 is refused while parsing: tests/cli/test_option_checks.py
     status = main(["simulate", "--input", str(ct), "--output", str(tmp_path / "e.nii.gz"), "--modality", "ct",
                    "--flux", "1e5", "--own-noise", "3"])
