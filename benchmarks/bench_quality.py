@@ -51,8 +51,8 @@ from cdm4mi.inference.denoise import denoise_scan
 from cdm4mi.io.read import load_scan
 from cdm4mi.io.shipped import available_ct
 from cdm4mi.io.write import write_nifti
-from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu
+from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.training.checkpoint import load_module
 from cdm4mi.training.run import fit
 

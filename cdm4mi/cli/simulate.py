@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from cdm4mi.io.read import load_scan
     from cdm4mi.io.write import check_replaceable_series, write_volume
     from cdm4mi.simulate.ct_dose import simulate_low_dose_ct
-    from cdm4mi.simulate.relative_dose import scan_kernel_cutoff, simulate_relative_dose
     from cdm4mi.simulate.mri_noise import add_rician_noise
+    from cdm4mi.simulate.relative_dose import scan_kernel_cutoff, simulate_relative_dose
 
     input_path, output = Path(args.input), Path(args.output)
     refuse_input_overlap(input_path, output)

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from cdm4mi.simulate.ct_dose import simulate_low_dose_ct
-from cdm4mi.simulate.relative_dose import calibrate_incident_flux, scan_kernel_cutoff
 from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu, soft_tissue_noise_hu
+from cdm4mi.simulate.relative_dose import calibrate_incident_flux, scan_kernel_cutoff
 
 NOMINAL_FLUX = 1.5e5
 REFERENCE_DOSE = 0.5  # the bank's dose: with a calibrated flux it adds as much noise as the scan already has

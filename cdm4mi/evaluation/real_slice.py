@@ -19,8 +19,8 @@ from cdm4mi.evaluation.metrics import body_mask, slice_metrics
 from cdm4mi.evaluation.observers import insert_lesions
 from cdm4mi.inference.denoise import denoise_scan
 from cdm4mi.io.read import load_scan
-from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu
+from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.training.module import DiffusionModule
 
 LESION_DIAMETERS_MM = (3.0, 5.0)

@@ -5,10 +5,11 @@ filter adapts to every image, a trained network does not. Recorrupted-to-recorru
 CVPR 2021) fine-tunes it on the scan itself, without a clean target: with the input ``y = x + n`` and a fresh
 noise ``z`` of ``n``'s covariance, ``y1 = y + a z`` and ``y2 = y - z / a`` carry uncorrelated noises
 (``Cov = S - S = 0``), so a network regressing ``y2`` from ``y1`` under L2 learns ``E[x | y1]``, the clean scan.
-``z`` comes from the projection-domain simulator (``cdm4mi.simulate``) at the input's estimated noise, so it has
-FBP's correlated texture, and is rescaled to that noise exactly. The fine-tuning runs the training objective on
-random crops of ``(y1, y2)``, every item warm-started from ``y1`` as ``denoise`` starts a scan, with the noise
-level of ``y1`` on the metadata vector; the scan is then denoised by the adapted copy as usual.
+``z`` comes from the projection-domain simulator (``cdm4mi.simulate.relative_dose``) at the input's estimated noise
+and in its texture (the kernel cutoff fitted to the input noise's neighbour correlations), so its covariance is
+close to ``n``'s as the method needs, and is rescaled to that noise exactly. The fine-tuning runs the training
+objective on random crops of ``(y1, y2)``, every item warm-started from ``y1`` as ``denoise`` starts a scan, with
+the noise level of ``y1`` on the metadata vector; the scan is then denoised by the adapted copy as usual.
 
 How much noise to remove: a low-dose scan's noise is the full-dose scan's own noise plus what the dose reduction
 added, and the model was trained to return the full-dose scan. When the dose fraction ``d`` is known (``--metadata
@@ -43,8 +44,8 @@ from cdm4mi.data.metadata import encode_metadata
 from cdm4mi.data.preprocessing import slab_indices
 from cdm4mi.diffusion.objective import DiffusionObjective
 from cdm4mi.inference.denoise import dihedral_turn
-from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.simulate.noise_estimate import units_per_hu
+from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.training.module import DiffusionModule
 
 ALPHA = 0.5  # R2R's recorruption strength: y1 has 1.12 times the input's noise std, y2 2.24 times
@@ -151,8 +152,8 @@ def crop_size(module: DiffusionModule, shape: tuple[int, int]) -> int | None:
 
 def recorrupted_pairs(volume_hu: np.ndarray, centres: np.ndarray, context: int, spacing_mm, normalization,
                       sigma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """``y1 = y + a z`` and ``y2 = y - z / a`` in model units, ``z`` of std ``sigma`` (model units) and FBP texture,
-    [NOISE_DRAWS, S, H, W] over the S slices the centres' slabs need, and the slab rows (indices into S) of each
+    """``y1 = y + a z`` and ``y2 = y - z / a`` in model units, ``z`` of std ``sigma`` (model units) and the input's
+    texture, [NOISE_DRAWS, S, H, W] over the S slices the centres' slabs need, and the slab rows (indices into S) of each
     centre [C, 2k+1]."""
     slabs = slab_indices(len(volume_hu), context, centres)
     needed, rows = np.unique(slabs, return_inverse=True)
@@ -161,7 +162,7 @@ def recorrupted_pairs(volume_hu: np.ndarray, centres: np.ndarray, context: int, 
     y1, y2 = [], []
     for k in range(NOISE_DRAWS):
         noisy, info = simulate_relative_dose(image, spacing_mm, 0.5, own_noise_hu=sigma_hu, seed=seed + 7919 * k)
-        z = noisy - image  # half the dose adds the given own noise once more: std sigma, FBP texture
+        z = noisy - image  # half the dose adds the given own noise once more: std sigma, the input's texture
         measured = float(info.get("added_noise_hu", math.nan))
         if math.isfinite(measured) and measured > 0:
             z *= sigma_hu / measured

@@ -35,8 +35,8 @@ variance by ``scanner_views / num_angles``, so the image noise depends on the do
 Dose relative to the scan's own noise, with its texture: ``cdm4mi.simulate.relative_dose``.
 
 The projector (bilinear rotate-and-sum) and FBP (Ram-Lak kernel of Kak & Slaney, optionally
-Hann-windowed with a cutoff that sets the noise texture; linear-interpolation back projection) are implemented here on torch ``grid_sample``;
-slices of a volume ride along as channels so they share the sampling grids.
+Hann-windowed with a cutoff that sets the noise texture; linear-interpolation back projection) are implemented
+here on torch ``grid_sample``; slices of a volume ride along as channels so they share the sampling grids.
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ def estimate_ct_noise_hu(slice_or_volume_hu: np.ndarray) -> float:
     detrended by a least-squares plane, so slow anatomy gradients do not count; its residual std is
     noise plus whatever structure the window holds. The 25th percentile over windows picks the flattest
     ones and is divided by its value for pure Gaussian noise of the slice's texture (0.88-0.96, see
-    ``_DOF_LAG``) to give the noise std. Windows are in pixels: FBP noise grain scales with the pixel, as the kernel is matched to
-    the matrix. A volume gives the median over up to 16 evenly spaced slices.
+    ``_DOF_LAG``) to give the noise std. Windows are in pixels: FBP noise grain scales with the pixel, as the
+    kernel is matched to the matrix. A volume gives the median over up to 16 evenly spaced slices.
 
     Returns NaN when no slice has 8 such windows (no soft tissue, or an image under ~30x30 pixels).
     Texture that no 14-pixel window escapes counts as noise, so on real anatomy this is an upper bound.

@@ -68,7 +68,8 @@ class KernelFit:
     def describe(self) -> str:
         own = "/".join(f"{c:.2f}" for c in self.own_correlation)
         simulated = "/".join(f"{c:.2f}" for c in self.simulated_correlation)
-        return f"kernel cutoff {self.cutoff:.2f} Nyquist (noise correlation at 1/2/3 px: own {own}, simulated {simulated})"
+        return (f"kernel cutoff {self.cutoff:.2f} Nyquist (noise correlation at 1/2/3 px: own {own}, "
+                f"simulated {simulated})")
 
 
 @lru_cache(maxsize=1)

@@ -20,8 +20,8 @@ from cdm4mi.inference.denoise import denoise_volume
 from cdm4mi.io.read import load_scan
 from cdm4mi.io.write import write_nifti
 from cdm4mi.simulate.ct_dose import simulate_low_dose_ct
-from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.simulate.noise_estimate import soft_tissue_noise_hu
+from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.training.checkpoint import load_module
 
 CT_SMALL = get_testdata_file("CT_small.dcm")

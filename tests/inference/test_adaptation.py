@@ -20,9 +20,9 @@ from cdm4mi.inference.adaptation import ALPHA, adapt_to_scan, check_adaptable, r
 from cdm4mi.inference.denoise import denoise_scan
 from cdm4mi.io.read import load_scan
 from cdm4mi.io.write import write_nifti
-from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.simulate.noise_estimate import units_per_hu
 from cdm4mi.simulate.phantom import make_ct_phantom
+from cdm4mi.simulate.relative_dose import simulate_relative_dose
 from cdm4mi.training.module import DiffusionModule
 
 REPO = Path(__file__).resolve().parents[2]
