@@ -111,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
     step("5/5 a real CT slice it never trained on (pydicom CT_small.dcm, lesions inserted, 25 % dose)")
     rows, figure, info = denoise_shipped_ct(module, out / "real_ct" / "ct_small_lesions.png")
+    texture = "matched to its own noise" if info["texture"] is not None else "not matched"
     print(f"own noise {info['own_noise_hu']:.1f} HU ({info['own_noise_source']}); 25 % dose added "
-          f"{info['added_noise_hu']:.1f} HU; PSNR/SSIM/RMSE over the body in [-1000, 1000] HU:")
+          f"{info['added_noise_hu']:.1f} HU (kernel cutoff {info['kernel_cutoff']:.2f} Nyquist, {texture}); "
+          "PSNR/SSIM/RMSE over the body in [-1000, 1000] HU:")
     print(format_rows(rows))
     print(f"wrote: {figure}")
     print(f"demo finished in {time.monotonic() - started:.0f} s")

@@ -20,6 +20,7 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     assert [row[0] for row in real_rows] == ["low_dose_input", "gaussian", "nlm", "model"]
     assert all(10 < float(row[1]) < 60 and 0 < float(row[2]) <= 1 for row in real_rows)
     assert (out / "real_ct" / "ct_small_lesions.png").stat().st_size > 10_000
+    assert "Nyquist, matched to its own noise); PSNR/SSIM/RMSE" in printed  # the dose in the slice's own texture
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     assert summary["hu_window"] == [-1000.0, 1000.0] and summary["data_range"] == 2000.0
     assert (out / "evaluation" / "metrics.csv").is_file() and list((out / "evaluation" / "figures").glob("*.png"))
