@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from monai.data import CacheDataset
 from monai.data import Dataset as MonaiDataset
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Compose, RandFlipd, RandRotate90d, RandSpatialCropd, Transform
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, get_worker_info
@@ -422,7 +423,14 @@ class PairedScans(Dataset):
         if key != self._crop_worker:  # DataLoader workers start with copies of one random state
             self._crop.set_random_state((self.seed + worker.seed) % 2**32)
             self._crop_worker = key
-        cropped = self._crop(pair)
+        # Crops need no meta data, and MONAI's tracking of it (MetaTensor, transform stack) is most of their cost:
+        # 3.7 ms with it, 1.0 ms without, per 64x64 crop, flips and turn of four 512x512 arrays (same crops)
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            cropped = self._crop(pair)
+        finally:
+            set_track_meta(tracking)
         return {key: convert_to_tensor(cropped[key], track_meta=False) for key in pair}
 
     def _check_patch_size(self, shapes: list[tuple[int, ...]]) -> None:

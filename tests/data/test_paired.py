@@ -107,6 +107,23 @@ def test_2d_training_crops_are_aligned_and_seeded(cohort):
     assert build(manifest, "val", patch_size=[16, 12])[0]["x0"].shape == (1, 32, 32)  # val: whole slices
 
 
+@pytest.mark.parametrize("tracking", [True, False])
+def test_training_crops_skip_monai_meta_data_and_leave_its_switch_as_found(cohort, tracking):
+    from monai.data import get_track_meta, set_track_meta
+
+    manifest, _ = cohort
+    data = build(manifest, patch_size=[16, 12], seed=7, augment=True)
+    set_track_meta(tracking)
+    try:
+        items = [data[index] for index in range(4)]
+        assert get_track_meta() is tracking
+    finally:
+        set_track_meta(True)
+    assert all(type(item[key]) is torch.Tensor for item in items for key in ("x0", "cond"))
+    again = build(manifest, patch_size=[16, 12], seed=7, augment=True)  # the same crops whatever the switch
+    assert all(torch.equal(again[i]["cond"], items[i]["cond"]) for i in range(4))
+
+
 def test_3d_random_patches_and_validation_grid(cohort):
     manifest, volumes = cohort
     train = build(manifest, mode="3d", patch_size=[4, 16, 16], patches_per_volume=5)
