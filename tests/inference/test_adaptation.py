@@ -101,10 +101,10 @@ def test_steps_are_capped_by_passes_over_the_body_and_small_scans_are_not_adapte
     cap = math.floor(adaptation.MAX_PASSES * body / (8 * 32 * 32))
     adapted, done = adapt_to_scan(module, noisy, spacing, normalization, sigma, {}, 10**6, 1e-4)
     assert done.steps == cap and adapted is not module
-    small = noisy[:, 128:256, 128:256]  # 128 x 128: under MIN_BODY_PIXELS of body
+    small = noisy[:, 128:176, 128:176]  # 48 x 48: under MIN_BODY_PIXELS of body
     same, skipped = adapt_to_scan(module, small, spacing, HUWindow().fit(small), sigma, {}, 100, 1e-4)
     assert same is module and skipped.steps == 0
-    assert skipped.describe() == (f"not adapted to the scan: {int((small > -500).sum())} body pixels, under 32768: "
+    assert skipped.describe() == (f"not adapted to the scan: {int((small > -500).sum())} body pixels, under 4096: "
                                   "too few to learn from without learning their noise")
 
 
