@@ -28,8 +28,8 @@ texture the same slice gains (benchmark model at 25 / 10 / 50 % dose: 33.69 / 27
 34.68 / 31.75 / 38.23 adapted, 49 steps), so only the crop's worth of body is required now.
 On real CT (``benchmarks/bench_quality.py``, six held-out patients, added noise in the simulator's plain Hann
 texture) it moved the mean PSNR from 45.10 to 46.22 dB at 25 % dose (NLM 46.30) and from 48.36 to 49.32 at 50 %
-(NLM 48.94); with the added noise in each scan's own texture the adapted model reaches 44.83 (NLM 45.25) and
-48.53 (NLM 48.18); see the README's "Quality on real scans".
+(NLM 48.94); with the added noise in each scan's own texture, from 43.64 to 45.03 at 25 % (NLM 45.25), 39.31 to
+41.75 at 10 % (NLM 41.65) and 47.62 to 48.53 at 50 % (NLM 48.18); see the README's "Quality on real scans".
 """
 
 from __future__ import annotations
