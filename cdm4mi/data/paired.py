@@ -39,9 +39,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from monai.data import CacheDataset
+from monai.data import CacheDataset, get_track_meta, set_track_meta
 from monai.data import Dataset as MonaiDataset
-from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Compose, RandFlipd, RandRotate90d, RandSpatialCropd, Transform
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, get_worker_info
