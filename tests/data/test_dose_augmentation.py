@@ -140,8 +140,10 @@ def test_full_dose_only_manifest_trains_and_denoises(real_ct, tmp_path, capsys):
     assert calibration["split"] == "val" and calibration["scale"] > 0 and calibration["doses"][0] == 0.1
     low = simulate_low_dose_ct(scan.array, scan.spacing_mm[1:], 0.25, seed=1)
     write_nifti(low, scan.affine, tmp_path / "low.nii.gz")
+    # unadapted, as denoise_volume below (the recipe's adaptation to the scan: tests/inference/test_adaptation.py)
     assert main(["denoise", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--input",
-                 str(tmp_path / "low.nii.gz"), "--output", str(tmp_path / "out.nii.gz"), "--samples", "2"]) == 0
+                 str(tmp_path / "low.nii.gz"), "--output", str(tmp_path / "out.nii.gz"), "--samples", "2",
+                 "--adapt-steps", "0"]) == 0
     assert "uncertainty (calibrated std over 2 samples)" in capsys.readouterr().out
     denoised = load_scan(tmp_path / "out.nii.gz").array
     assert denoised.shape == scan.array.shape and np.isfinite(denoised).all()
