@@ -16,8 +16,9 @@ For each real CT scan (``cdm4mi.io.shipped``: pydicom's and pydicom-data's CT te
    ``cdm4mi denoise``'s code (``denoise_scan``, posterior mean of ``--samples`` draws, adapted to the scan as
    ``sampling.adapt_steps`` says, told the dose fraction as ``--metadata dose_fraction`` would) and by the baselines:
    the low-dose input, Gaussian (sigma 1 px), NLM, BM3D (only if the non-commercial ``bm3d`` package is
-   installed: never a dependency). Where the model adapted to the scan, the same model unadapted is scored beside
-   it (``unadapted``): what the adaptation adds.
+   installed: never a dependency). Where the recipe blends NLM into the posterior mean (``sampling.nlm_blend``), the
+   mean of the draws alone is scored beside it (``posterior``); where the model adapted to the scan, the same model
+   unadapted (blended as the recipe says) is scored beside it (``unadapted``): what each step adds.
 4. Scores per case: PSNR/SSIM/RMSE in [-1000, 1000] HU (data range 2000) and in the soft-tissue window
    [-160, 240] (data range 400), over the body; ±2σ coverage of the truth by the samples' spread; per lesion
    class the CHO and NPW detectability (d') with a bootstrap CI over ROI pairs; invented-structure blobs.
@@ -175,6 +176,8 @@ def run_fold(args: argparse.Namespace, cases: list[dict], held_out: dict, work: 
                        "nlm": nlm_baseline(low, sigma_hu=estimate_ct_noise_hu(low)), "model": result.mean}
             if supervised is not None:
                 methods["supervised"] = supervised_denoise(supervised, module, low_scan)
+            if result.posterior_mean is not None:  # what the blend with NLM (sampling.nlm_blend) adds
+                methods["posterior"] = result.posterior_mean
             if result.adaptation is not None and result.adaptation.steps:  # what the adaptation to the scan adds
                 methods["unadapted"] = denoise_scan(module, low_scan, adapt_steps=0, samples=args.samples,
                                                     seed=args.seed + r, progress=False).mean

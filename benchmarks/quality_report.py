@@ -12,7 +12,7 @@ from cdm4mi.evaluation.observers import invented_structure
 
 BASELINES = ("gaussian", "nlm", "bm3d")
 ROI_PIXEL_MM = 0.5  # lesion ROIs of every case are resampled to this pixel size, so classes pool over cases
-LEARNED = ("model", "unadapted", "supervised")
+LEARNED = ("model", "posterior", "unadapted", "supervised")
 CEILING_KEYS = ("psnr_wide", "rmse_hu_wide")  # the ceiling (ceiling_rows) is derived for the wide window only
 
 
@@ -78,7 +78,8 @@ def _table(rows: list[dict], key: str, methods: list[str], cases: list[str]) -> 
 def print_report(rows: list[dict], doses: list[float]) -> bool:
     """Tables per dose; returns whether the recommended recipe met the issue's targets at the first dose."""
     image_rows = [r for r in rows if "psnr_wide" in r]
-    methods = [m for m in ("low_dose_input", "gaussian", "nlm", "bm3d", "supervised", "unadapted", "model", "ceiling")
+    methods = [m for m in ("low_dose_input", "gaussian", "nlm", "bm3d", "supervised", "unadapted", "posterior", "model",
+                           "ceiling")
                if any(r["method"] == m for r in image_rows)]
     cases = sorted({r["case"] for r in image_rows})
     for dose in doses:

@@ -102,6 +102,10 @@ class SamplingConfig(_Section):
     # self-supervised (recorrupted pairs, cdm4mi.inference.adaptation); 0: none. About 0.2 s a step on 2 CPU cores.
     adapt_steps: int = pydantic.Field(0, ge=0, le=100_000)
     adapt_learning_rate: float = pydantic.Field(3e-4, gt=0)
+    # cdm4mi denoise: the output is (1 - w) x the mean of the draws + w x non-local means of the input (its sigma:
+    # the input's estimated noise), w = nlm_blend; 0: the model's mean alone. The two err differently, so the
+    # blend beats each alone (cdm4mi.inference.classical; the std of the draws is calibrated on the blend).
+    nlm_blend: float = pydantic.Field(0.0, ge=0, le=1)
 
 
 class TrainingConfig(_Section):

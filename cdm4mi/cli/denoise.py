@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from cdm4mi.atomic import check_writable, refuse_input_overlap
 from cdm4mi.cli.options import (
     add_adapt_option,
+    add_nlm_blend_option,
     add_runtime_options,
     non_negative_float,
     non_negative_int,
@@ -64,6 +65,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                         help=f"a metadata value for models trained with data.metadata, repeatable; keys: "
                              f"{', '.join(FIELDS)} (default: the DICOM tags, the estimated noise level)")
     add_adapt_option(parser)
+    add_nlm_blend_option(parser)
     add_runtime_options(parser)
     from cdm4mi.cli.denoise_batch import add_batch_options  # here: it imports this module
 
@@ -198,12 +200,16 @@ def run(args: argparse.Namespace) -> int:
         warn_header_problems("denoise", input_path, scan, deidentify)
     result = denoise_scan(module, scan, steps=args.steps, eta=args.eta, t_start=args.t_start,
                           samples=args.samples, batch_size=args.batch_size, seed=args.seed, metadata=metadata,
-                          precision=args.precision, adapt_steps=args.adapt_steps)
+                          precision=args.precision, adapt_steps=args.adapt_steps,
+                          nlm_blend=args.nlm_blend)
     write_volume(result.mean, scan, output, "cdm4mi denoised", args.overwrite, deidentifier=deidentify)
     print(f"denoised {scan.array.shape[0]} slices of {scan.array.shape[1]}x{scan.array.shape[2]} "
           f"(warm start t={result.t_start}, input noise {result.input_noise_std:.3f} model units)")
     if result.adaptation is not None:
         print(result.adaptation.describe())
+    if result.nlm_blend:
+        print(f"blended: {1 - result.nlm_blend:.0%} the model's mean, {result.nlm_blend:.0%} non-local means of the input "
+              f"(sigma {result.input_noise_scan:.1f}, the estimated input noise; --nlm-blend 0: the model alone)")
     if result.metadata_sources:
         print(describe_metadata(result))
         missing = [key for key, source in result.metadata_sources.items() if source == "missing"]

@@ -139,7 +139,7 @@ def run_batch(args: argparse.Namespace) -> int:
         return 0
     options = {"steps": args.steps, "eta": args.eta, "t_start": args.t_start, "samples": args.samples,
                "batch_size": args.batch_size, "seed": args.seed, "precision": args.precision,
-               "adapt_steps": args.adapt_steps}
+               "adapt_steps": args.adapt_steps, "nlm_blend": args.nlm_blend}
     task = BatchDenoise(jobs, options, args.checkpoint, args.overwrite, deidentify)
     run = predict_patients(module, task, len(jobs), device=args.device, devices=args.devices,
                            num_nodes=args.num_nodes or 1, strategy=args.strategy or "auto",

@@ -35,6 +35,7 @@ from cdm4mi.atomic import check_writable, refuse_foreign, refuse_output_inside, 
 from cdm4mi.cli.options import (
     IncreasingPair,
     add_adapt_option,
+    add_nlm_blend_option,
     add_process_options,
     add_runtime_options,
     finite_float,
@@ -77,6 +78,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--draws", "--samples", dest="samples", type=positive_int, default=1,
                         help="denoisers: draws per scan, averaged; > 1 adds uncertainty maps")
     add_adapt_option(parser)
+    add_nlm_blend_option(parser)
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the draws (and of --folds)")
     parser.add_argument("--folds", type=whole_number(2), help="patient-level K-fold cross-validation (needs --config)")
     parser.add_argument("--config", help="training config for --folds: a YAML file or a shipped config's name")
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             check_writable(out / name, args.overwrite, option="--output")
     refuse_foreign(out, ["figures"], "--output")  # --overwrite replaces a figures/ folder only if cdm4mi wrote it
     options = {"steps": args.steps, "t_start": args.t_start, "samples": args.samples, "seed": args.seed,
-               "precision": args.precision, "adapt_steps": args.adapt_steps}
+               "precision": args.precision, "adapt_steps": args.adapt_steps, "nlm_blend": args.nlm_blend}
     evaluate = dict(window=window, use_body_mask=args.body_mask, denoise_options=options, lesions=lesions)
     processes = process_options(args)
     if processes is not None:

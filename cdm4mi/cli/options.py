@@ -106,6 +106,13 @@ def add_adapt_option(parser: argparse.ArgumentParser) -> None:
                              "noise the lower dose added); 0: none (default: the checkpoint's sampling.adapt_steps)")
 
 
+def add_nlm_blend_option(parser: argparse.ArgumentParser) -> None:
+    """``--nlm-blend``: the share of non-local means of the input in the output (``sampling.nlm_blend``)."""
+    parser.add_argument("--nlm-blend", type=number(0.0, 1.0), metavar="W",
+                        help="output = (1 - W) x the mean of the draws + W x non-local means of the input, tuned to "
+                             "its estimated noise; 0: the model alone (default: the checkpoint's sampling.nlm_blend)")
+
+
 def add_runtime_options(parser: argparse.ArgumentParser, precision: bool = True) -> None:
     """``--device`` and, for commands that run a trained network, ``--precision``, ``--channels-last``, ``--compile``
     (``cdm4mi.inference.runtime``)."""

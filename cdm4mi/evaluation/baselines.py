@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
-from skimage.restoration import denoise_nl_means, estimate_sigma
+
+from cdm4mi.inference.classical import nlm_filter
 
 
 def _as_slices(volume_hu: np.ndarray, name: str) -> np.ndarray:
@@ -36,32 +37,10 @@ def gaussian_filter_baseline(volume_hu: np.ndarray, sigma_px: float = 1.0) -> np
 
 def nlm_baseline(volume_hu: np.ndarray, patch_size: int = 5, patch_distance: int = 6,
                  h_factor: float = 0.8, sigma_hu: float | None = None) -> np.ndarray:
-    """Non-local means (Buades et al. 2005) per slice with scikit-image's ``denoise_nl_means``.
-
-    For each slice the noise SD σ (HU) is estimated by ``skimage.restoration.estimate_sigma`` (Donoho's
-    wavelet MAD), and NLM runs with ``sigma=σ``, filter strength
-    ``h = h_factor·σ``, 5×5 patches (``patch_size``) searched within ±6 px (``patch_distance``, a
-    13×13 search window) and ``fast_mode=True`` (uniform patch weights). About 0.02 s for a 128²
-    slice and 0.25 s for 512² on one CPU core. ``h`` slightly below σ when σ is passed in is
-    scikit-image's recommended starting point. A slice whose estimated σ is below 1e-6 HU
-    (noise-free) is returned unchanged. ``sigma_hu`` replaces the estimate (the wavelet MAD reads CT's
-    correlated noise low, so NLM then under-smooths; pass ``estimate_ct_noise_hu`` of the scan for a
-    filter tuned to the real noise).
-    """
-    if patch_size < 1 or patch_distance < 1 or not h_factor > 0:
-        raise ValueError(f"nlm_baseline: need patch_size >= 1, patch_distance >= 1, h_factor > 0; got "
-                         f"{patch_size}, {patch_distance}, {h_factor}")
-    volume = _as_slices(volume_hu, "nlm_baseline")
-    slices = volume[None] if volume.ndim == 2 else volume
-    denoised = np.empty_like(slices)
-    for index, image in enumerate(slices):
-        sigma = estimate_sigma(image) if sigma_hu is None else float(sigma_hu)
-        if sigma < 1e-6:  # noise-free: h ≈ 0 would underflow every NLM weight
-            denoised[index] = image
-            continue
-        denoised[index] = denoise_nl_means(image, patch_size=patch_size, patch_distance=patch_distance,
-                                           h=h_factor * sigma, sigma=sigma, fast_mode=True)
-    return denoised[0] if volume.ndim == 2 else denoised
+    """Non-local means per slice in HU: ``cdm4mi.inference.classical.nlm_filter`` (the filter ``cdm4mi denoise``
+    blends in with ``sampling.nlm_blend``); without ``sigma_hu`` each slice's wavelet-MAD estimate, which reads
+    CT's correlated noise low (pass ``estimate_ct_noise_hu`` of the scan for the filter tuned to the real noise)."""
+    return nlm_filter(_as_slices(volume_hu, "nlm_baseline"), patch_size, patch_distance, h_factor, sigma_hu)
 
 
 BASELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from cdm4mi.data.metadata import encode_metadata, parse_value, resolve_metadata
 from cdm4mi.data.preprocessing import slab_indices
+from cdm4mi.inference.classical import nlm_filter
 from cdm4mi.inference.runtime import autocast
 from cdm4mi.io.read import Scan, resample_like, resample_to
 from cdm4mi.simulate.noise_estimate import estimate_input_noise
@@ -44,6 +45,8 @@ class DenoiseResult:
     input_noise_scan: float = float("nan")  # input_noise_std in the scan's units (HU for CT)
     calibration: dict[str, Any] | None = None  # the calibration applied to ``std``, None: the raw spread
     adaptation: Any = None  # what the self-supervised adaptation to the scan did (``cdm4mi.inference.adaptation``)
+    nlm_blend: float = 0.0  # the share of non-local means of the input in ``mean`` (``sampling.nlm_blend``)
+    posterior_mean: np.ndarray | None = None  # the mean of the draws alone, when ``nlm_blend`` > 0
 
 
 def model_normalization(module: DiffusionModule):
@@ -78,6 +81,7 @@ def denoise_volume(
     dicom_header: Dataset | None = None,
     calibrated: bool = True,
     precision: str = "fp32",
+    nlm_blend: float | None = None,
 ) -> DenoiseResult:
     """Denoise a [D, H, W] volume (HU for CT) with a 2D (slice-batched) or 3D (sliding-window) model.
 
@@ -93,6 +97,11 @@ def denoise_volume(
     90-degree rotations (undone on its output): the mean of the draws is also a geometric self-ensemble.
     ``calibrated=False`` returns the raw spread even for a checkpoint that carries a calibration.
 
+    ``nlm_blend`` w (None: the model's ``sampling.nlm_blend``) returns (1 - w) x the mean of the draws + w x
+    non-local means of the input (``cdm4mi.inference.classical.nlm_filter``, tuned to the input's noise std),
+    and the mean of the draws alone as ``posterior_mean``. The std stays the spread of the draws (calibrated on
+    the blend, when the checkpoint's calibration was made with it).
+
     Runs on the module's device (``cdm4mi.inference.runtime.place``); ``precision`` (fp32, bf16, fp16) is the
     autocast precision of the network there. Slices go to the device one batch at a time and come back to the CPU.
     """
@@ -100,6 +109,9 @@ def denoise_volume(
         raise ValueError(f"denoise: expected a [D, H, W] volume, got shape {volume.shape}")
     if samples < 1:
         raise ValueError(f"--samples: must be >= 1, got {samples}")
+    blend = module.config.sampling.nlm_blend if nlm_blend is None else float(nlm_blend)
+    if not 0 <= blend <= 1:
+        raise ValueError(f"--nlm-blend: expected a share in [0, 1], got {nlm_blend}")
     device = module.device
     normalization = model_normalization(module).fit(volume)
     units = torch.as_tensor(np.asarray(normalization.forward(volume.astype(np.float32))), dtype=torch.float32)
@@ -122,6 +134,12 @@ def denoise_volume(
                                  turn=k % 8 if dihedral else 0))
     mean = np.asarray(normalization.inverse(draws.mean.numpy()), dtype=np.float32)
     unit_in_scan = abs(float(normalization.inverse(np.float32(1.0)) - normalization.inverse(np.float32(0.0))))
+    posterior_mean = None
+    if blend > 0:  # slice by slice: the memory of one slice in float64
+        posterior_mean, mean = mean, mean.copy()
+        for k in tqdm(range(volume.shape[0]), desc="non-local means", unit="slice", disable=not progress):
+            classical = nlm_filter(volume[k], sigma_hu=sigma * unit_in_scan)
+            mean[k] = (1 - blend) * posterior_mean[k] + blend * classical
     calibration = getattr(module, "card", {}).get("uncertainty") if calibrated else None
     std = None
     if samples > 1:
@@ -130,7 +148,7 @@ def denoise_volume(
             std = calibration["scale"] * (std + calibration["offset"] * sigma * unit_in_scan)
         std = std.astype(np.float32)
     return DenoiseResult(mean, std, t_start, sigma, values, sources, sigma * unit_in_scan,
-                         calibration if samples > 1 else None)
+                         calibration if samples > 1 else None, nlm_blend=blend, posterior_mean=posterior_mean)
 
 
 def dihedral_turn(volume: torch.Tensor, turn: int, inverse: bool = False) -> torch.Tensor:
@@ -243,8 +261,9 @@ def denoise_scan(module: DiffusionModule, scan: Scan, adapt_steps: int | None = 
     result.adaptation = adaptation
     if spacing is None:
         return result
-    std = None if result.std is None else resample_like(result.std, working.affine, scan)
-    return dataclasses.replace(result, mean=resample_like(result.mean, working.affine, scan), std=std)
+    back = {name: resample_like(getattr(result, name), working.affine, scan)
+            for name in ("mean", "std", "posterior_mean") if getattr(result, name) is not None}
+    return dataclasses.replace(result, **back)
 
 
 def adapted_module(module: DiffusionModule, scan: Scan, steps: int, options: Mapping[str, Any]):

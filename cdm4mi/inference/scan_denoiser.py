@@ -54,7 +54,7 @@ class ScanDenoiser:
                 eta: float | None = None, t_start: int | None = None, samples: int = 1, batch_size: int = 8,
                 seed: int = 0, metadata: Mapping[str, float | str] | None = None, series_uid: str | None = None,
                 spacing_mm: Sequence[float] | None = None, progress: bool = False,
-                adapt_steps: int | None = None) -> np.ndarray | DenoiseResult:
+                adapt_steps: int | None = None, nlm_blend: float | None = None) -> np.ndarray | DenoiseResult:
         """Denoise ``scan``: a ``Scan`` (``cdm4mi.load_scan``), a path to a DICOM series folder, a DICOM file or a
         NIfTI file (``series_uid`` picks a series in a folder), or an array ``[D, H, W]`` / ``[H, W]`` in HU (CT) or
         scanner units (MR), whose voxel size ``spacing_mm`` (d, h, w) is needed only by a model trained at a fixed
@@ -63,7 +63,8 @@ class ScanDenoiser:
         Options as ``cdm4mi denoise``: ``steps``, ``eta`` (default: the model's config), ``t_start`` (None: matched
         to the input's estimated noise), ``samples`` draws, ``batch_size`` slices per forward pass, ``seed``,
         ``metadata`` for models trained with ``data.metadata``, ``adapt_steps`` (None: the model's
-        ``sampling.adapt_steps``; 0: none) of self-supervised fine-tuning on the scan first.
+        ``sampling.adapt_steps``; 0: none) of self-supervised fine-tuning on the scan first, ``nlm_blend`` (None:
+        the model's ``sampling.nlm_blend``; 0: none) the share of non-local means of the input in the output.
 
         Returns the denoised array, float32 in the input's units and layout; with ``samples > 1`` a
         ``DenoiseResult`` whose ``mean`` is that array and ``std`` the per-voxel uncertainty.
@@ -74,6 +75,9 @@ class ScanDenoiser:
         for name, value, low in (("samples", samples, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected a whole number >= {low}, got {value!r}")
+        if nlm_blend is not None and (isinstance(nlm_blend, bool) or not isinstance(nlm_blend, (int, float))
+                                      or not 0 <= nlm_blend <= 1):
+            raise ValueError(f"nlm_blend: expected a share in [0, 1] or None, got {nlm_blend!r}")
         loaded, planar = self._as_scan(scan, series_uid, spacing_mm)
         check_metadata(dict(metadata or {}), self.module, self.source)
         check_sampling_options(self.module, self.source, {} if steps is None else {"steps": steps}, t_start=t_start,
@@ -81,10 +85,11 @@ class ScanDenoiser:
         check_compatible(loaded, self.module, self.source)
         result = denoise_scan(self.module, loaded, steps=steps, eta=eta, t_start=t_start, samples=samples,
                               batch_size=batch_size, seed=seed, metadata=dict(metadata or {}),
-                              precision=self.precision, progress=progress, adapt_steps=adapt_steps)
+                              precision=self.precision, progress=progress, adapt_steps=adapt_steps,
+                              nlm_blend=nlm_blend)
         if planar:
-            result = dataclasses.replace(result, mean=result.mean[0],
-                                         std=None if result.std is None else result.std[0])
+            result = dataclasses.replace(result, **{name: getattr(result, name)[0] for name in
+                                                    ("mean", "std", "posterior_mean") if getattr(result, name) is not None})
         return result.mean if samples == 1 else result
 
     def _as_scan(self, scan, series_uid: str | None, spacing_mm: Sequence[float] | None) -> tuple[Scan, bool]:

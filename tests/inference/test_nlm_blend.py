@@ -1,0 +1,98 @@
+"""``sampling.nlm_blend`` / ``--nlm-blend``: the output is (1 - w) x the mean of the draws + w x non-local means of the
+input, tuned to the input's estimated noise (``cdm4mi.inference.classical``). The mean of the draws, the spread and
+the draws themselves are those of the unblended run; the checkpoint's share is the default and a given one wins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cli_runs import SMALLEST_UNET
+from model_files import CT_STATE, random_checkpoint
+from scan_files import CT_SMALL
+
+import cdm4mi
+from cdm4mi.cli.main import main
+from cdm4mi.evaluation.baselines import nlm_baseline
+from cdm4mi.inference.classical import nlm_filter
+from cdm4mi.io.read import load_scan
+from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu
+
+TINY = ("network.base_channels=16", "network.norm_groups=8", "network.num_head_channels=16", *SMALLEST_UNET,
+        "sampling.steps=2", "sampling.warm_start_factor=2", "data.noise_estimator=ct_flat_regions")  # as ldct_2d.yaml
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("blend")
+    return {"plain": random_checkpoint(root / "plain.ckpt", "ldct_2d_concat.yaml", CT_STATE, *TINY),
+            "blended": random_checkpoint(root / "blended.ckpt", "ldct_2d_concat.yaml", CT_STATE, *TINY,
+                                         "sampling.nlm_blend=0.3")}
+
+
+def test_the_output_is_the_share_of_nlm_of_the_input_beside_the_mean_of_the_draws(checkpoints):
+    model = cdm4mi.load_denoiser(checkpoints["plain"], device="cpu")
+    scan = load_scan(CT_SMALL)  # a real CT slice: its soft tissue gives the noise estimate NLM is tuned to
+    alone = model.denoise(scan, samples=2, seed=5)
+    blended = model.denoise(scan, samples=2, seed=5, nlm_blend=0.5)
+    assert alone.nlm_blend == 0 and alone.posterior_mean is None
+    assert blended.nlm_blend == 0.5
+    np.testing.assert_array_equal(blended.posterior_mean, alone.mean)  # the same draws
+    np.testing.assert_array_equal(blended.std, alone.std)
+    sigma = blended.input_noise_scan
+    assert sigma == pytest.approx(estimate_ct_noise_hu(scan.array), rel=1e-3)  # the model's estimate, in HU
+    expected = 0.5 * alone.mean + 0.5 * nlm_filter(scan.array, sigma_hu=sigma)
+    np.testing.assert_allclose(blended.mean, expected, atol=1e-3)
+    assert blended.mean.dtype == np.float32 and blended.mean.shape == scan.array.shape
+    # the classical part is the benchmarks' NLM baseline, and it does smooth this scan
+    np.testing.assert_array_equal(nlm_filter(scan.array, sigma_hu=sigma), nlm_baseline(scan.array, sigma_hu=sigma))
+    assert np.abs(expected - alone.mean).max() > 1.0
+    nlm_only = model.denoise(scan.array[0], seed=5, nlm_blend=1.0)  # w = 1: NLM alone, as a 2D array in and out
+    np.testing.assert_allclose(nlm_only, nlm_filter(scan.array[0], sigma_hu=sigma), atol=1e-3)
+
+
+def test_the_checkpoint_share_is_the_default_and_a_given_share_wins(checkpoints, tmp_path, capsys):
+    model = cdm4mi.load_denoiser(checkpoints["blended"], device="cpu")
+    scan = load_scan(CT_SMALL)
+    default = model.denoise(scan, samples=2, seed=1)
+    assert default.nlm_blend == pytest.approx(0.3)
+    np.testing.assert_allclose(default.mean, 0.7 * default.posterior_mean
+                               + 0.3 * nlm_filter(scan.array, sigma_hu=default.input_noise_scan), atol=1e-3)
+    off = model.denoise(scan, samples=2, seed=1, nlm_blend=0)
+    assert off.posterior_mean is None
+    np.testing.assert_array_equal(off.mean, default.posterior_mean)
+    # the command: its share says so, --nlm-blend 0 turns it off, and the outputs are the API's
+    base = ["denoise", "--checkpoint", str(checkpoints["blended"]), "--input", str(CT_SMALL), "--device", "cpu",
+            "--seed", "1", "--samples", "2"]
+    assert main([*base, "--output", str(tmp_path / "default.nii.gz")]) == 0
+    out = capsys.readouterr().out
+    assert "blended: 70% the model's mean, 30% non-local means of the input (sigma " in out
+    assert main([*base, "--output", str(tmp_path / "off.nii.gz"), "--nlm-blend", "0"]) == 0
+    assert "blended:" not in capsys.readouterr().out
+    for name, result in (("default", default), ("off", off)):
+        np.testing.assert_allclose(load_scan(tmp_path / f"{name}.nii.gz").array, result.mean, atol=1e-3)
+
+
+def test_a_model_at_a_fixed_voxel_size_blends_on_its_grid_and_returns_both_means_on_the_scans(tmp_path):
+    state = {**CT_STATE, "mode": "2d", "spacing_mm": [2.0, 2.0, 2.0]}
+    path = random_checkpoint(tmp_path / "spaced.ckpt", "ldct_2d_concat.yaml", state, *TINY)
+    model = cdm4mi.load_denoiser(path, device="cpu")
+    volume = np.random.default_rng(0).normal(40, 20, (2, 32, 32)).astype(np.float32)
+    result = model.denoise(volume, spacing_mm=(2, 1, 1), samples=2, nlm_blend=0.5)
+    assert result.mean.shape == result.posterior_mean.shape == result.std.shape == (2, 32, 32)
+    assert not np.array_equal(result.mean, result.posterior_mean)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, True, "0.5"])
+def test_a_share_outside_0_to_1_is_refused(checkpoints, share):
+    model = cdm4mi.load_denoiser(checkpoints["plain"], device="cpu")
+    with pytest.raises(ValueError, match="nlm_blend: expected a share in \\[0, 1\\] or None"):
+        model.denoise(np.zeros((8, 8)), nlm_blend=share)
+
+
+def test_the_option_outside_0_to_1_is_one_line(checkpoints, tmp_path, capsys):
+    status = main(["denoise", "--checkpoint", str(checkpoints["plain"]), "--input", str(CT_SMALL), "--output",
+                   str(tmp_path / "out.nii.gz"), "--nlm-blend", "2"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.strip().splitlines() == [
+        "cdm4mi denoise: error: argument --nlm-blend: expected a number in [0, 1], got '2'; see cdm4mi denoise --help"], err
+    assert list(tmp_path.iterdir()) == []
