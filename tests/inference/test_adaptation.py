@@ -77,7 +77,7 @@ def test_recorrupted_pairs_have_uncorrelated_noises_of_the_input_level(phantom):
 
 def test_adapted_copy_denoises_an_unseen_phantom_better_and_leaves_the_model_alone(phantom):
     truth, noisy, spacing, path = phantom
-    module = tiny_module("sampling.adapt_learning_rate=0.003")
+    module = tiny_module("sampling.adapt_learning_rate=0.003", "sampling.nlm_blend=0")  # the model's own mean
     before = {key: value.clone() for key, value in module.state_dict().items()}
     scan = load_scan(path, modality="CT")
     plain = denoise_scan(module, scan, adapt_steps=0, progress=False)
