@@ -208,6 +208,9 @@ def report(result: HeldOutResult, stage: Path, out: Path, window: tuple[float, f
 
     split_label = args.split if args.folds is None else f"{args.folds}-fold cross-validation"
     written = write_heldout_report(result, stage, window, split_label, args.body_mask, args.seed)
+    if result.nlm_blend:
+        print(f"model: {1 - result.nlm_blend:.0%} the model's posterior mean, {result.nlm_blend:.0%} non-local means of "
+              "the input (sampling.nlm_blend; --nlm-blend 0: the model alone)")
     print(written.table)
     for path in written.files:
         print(f"wrote: {out / path.relative_to(stage)}")

@@ -50,6 +50,7 @@ class PatientScore:
     uncertainty_hu: np.ndarray | None
     physics: PatientPhysics | None = None  # CT only
     lesion_rois: dict | None = None  # with a LesionStudy: detectability.lesion_rois of this patient
+    nlm_blend: float = 0.0  # the share of NLM of the input in the model's output (sampling.nlm_blend)
 
 
 @dataclass
@@ -58,6 +59,11 @@ class HeldOutResult:
     figures: list[Path] = field(default_factory=list)
     warm_starts: dict[str, int] = field(default_factory=dict)  # patient -> t_start used
     scores: list[PatientScore] = field(default_factory=list)  # per patient, with what its figure shows
+
+    @property
+    def nlm_blend(self) -> float:
+        """The share of NLM of the input in the "model" outputs (``sampling.nlm_blend``; one per run)."""
+        return max((score.nlm_blend for score in self.scores), default=0.0)
 
 
 def representative_slice(target_hu: np.ndarray) -> int:
@@ -90,7 +96,8 @@ class PatientScorer:
         rows = evaluate_patient(entry.patient_id, outputs, full.array, window=self.window, mask=mask)
         k = representative_slice(full.array)
         score = PatientScore(entry.patient_id, rows, denoised.t_start, k, low.array[k], denoised.mean[k],
-                             full.array[k], None if denoised.std is None else denoised.std[k])
+                             full.array[k], None if denoised.std is None else denoised.std[k],
+                             nlm_blend=denoised.nlm_blend)
         if manifest.modality == "CT" and (self.physics or self.lesions is not None):
             score.physics = physicist_measures(entry.patient_id, outputs, full.array, full.spacing_mm[1:])
             if self.lesions is not None:
@@ -198,7 +205,8 @@ def write_heldout_report(result: HeldOutResult, out: Path, window: tuple[float, 
     data_range = window[1] - window[0]
     summary = summarize(result.rows, methods=METHODS, reference_method="model", seed=seed)
     files = [write_metrics_csv(result.rows, out / "metrics.csv", overwrite=True)]
-    extra = {"split": split_label, "body_mask": body_mask_used, "warm_start_timesteps": result.warm_starts}
+    extra = {"split": split_label, "body_mask": body_mask_used, "warm_start_timesteps": result.warm_starts,
+             "model_nlm_blend": result.nlm_blend}
     table = format_patient_table(result.rows, methods=METHODS, summary=summary)
     measured = [score.physics for score in result.scores if score.physics is not None]
     physics = None

@@ -4,9 +4,13 @@ the draws themselves are those of the unblended run; the checkpoint's share is t
 
 from __future__ import annotations
 
+import csv
+import json
+
 import numpy as np
 import pytest
 from cli_runs import SMALLEST_UNET
+from cohorts import entry, make_nifti_patients, write_manifest
 from model_files import CT_STATE, random_checkpoint
 from scan_files import CT_SMALL
 
@@ -92,3 +96,22 @@ def test_the_option_outside_0_to_1_is_one_line(checkpoints, tmp_path, capsys):
     assert status == 2 and err.strip().splitlines() == [
         "cdm4mi denoise: error: argument --nlm-blend: expected a number in [0, 1], got '2'; see cdm4mi denoise --help"], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_says_and_records_the_share_of_nlm_in_the_model_column(checkpoints, tmp_path, capsys):
+    """The "model" column of ``cdm4mi evaluate`` is the blended output: the report says so and summary.json keeps the
+    share, so a reader never takes a blend for the model alone."""
+    make_nifti_patients(tmp_path / "data", count=2, shape=(2, 32, 32))
+    manifest = write_manifest(tmp_path / "data" / "manifest.json",
+                              [entry("P00", "case00", "test"), entry("P01", "case01", "train")])
+    base = ["evaluate", "--checkpoint", str(checkpoints["plain"]), "--manifest", str(manifest), "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "blended"), "--nlm-blend", "0.5"]) == 0
+    assert "model: 50% the model's posterior mean, 50% non-local means of the input" in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "alone")]) == 0
+    assert "non-local means of the input" not in capsys.readouterr().out
+    shares = {name: json.loads((tmp_path / name / "summary.json").read_text())["model_nlm_blend"]
+              for name in ("blended", "alone")}
+    assert shares == {"blended": 0.5, "alone": 0.0}
+    psnr = {name: [row for row in csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines())
+                   if row["method"] == "model"][0]["psnr"] for name in ("blended", "alone")}
+    assert psnr["blended"] != psnr["alone"]
