@@ -159,7 +159,29 @@ def verdict(image_rows: list[dict], rows: list[dict], dose: float) -> bool:
     coverage = [r["coverage"] for r in at_dose if r.get("coverage") is not None]
     if coverage:
         checks.append((f"±2σ coverage in 90–98 % (mean {np.mean(coverage):.1%})", 0.90 <= np.mean(coverage) <= 0.98))
+    checks += blob_checks(rows, dose, cases, psnr)
     print(f"\nTargets at {dose:.0%} dose:")
     for text, passed in checks:
         print(f"  [{'met' if passed else 'MISSED'}] {text}")
     return all(passed for _, passed in checks)
+
+
+def blob_checks(rows: list[dict], dose: float, cases: list[str], psnr) -> list[tuple[str, bool]]:
+    """The target: invented blobs per slice at most the classical filter with the fewest (in practice the Gaussian,
+    whose residual is its input's by construction). Also printed: the count of the best classical filter by PSNR
+    on each case, the filter a user would otherwise pick."""
+    blobs = {(r["case"], r["method"]): r["invented_blobs"] for r in rows if "invented_blobs" in r and r["dose"] == dose}
+    filters = [m for m in BASELINES if all((c, m) in blobs for c in cases)]
+    if not cases or (cases[0], "model") not in blobs or not filters:
+        return []
+
+    def mean(method_of) -> float:
+        return float(np.mean([blobs[c, method_of(c)] for c in cases]))
+
+    model = mean(lambda c: "model")
+    fewest = min(filters, key=lambda m: mean(lambda c: m))
+    by_psnr = mean(lambda c: max(filters, key=lambda m: psnr(c, m)))
+    print(f"\nInvented blobs per slice: model {model:.1f}, the best classical filter by PSNR on each case {by_psnr:.1f}, "
+          f"{fewest} {mean(lambda c: fewest):.1f}.")
+    return [(f"invented blobs <= the classical filter with the fewest ({fewest} {mean(lambda c: fewest):.1f}, "
+             f"model {model:.1f})", model <= mean(lambda c: fewest))]

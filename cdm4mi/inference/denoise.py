@@ -54,6 +54,17 @@ def model_normalization(module: DiffusionModule):
     return module.preprocessing.normalizer()
 
 
+def outside_field_of_view(volume: np.ndarray, normalization, noise_scan: float) -> np.ndarray:
+    """Voxels far below a CT window's floor (``hu_min``): the padding outside the reconstructed field of view
+    (-2000 or -3024 HU in many scanners' files), not air seen through noise (more than max(5 x the input
+    noise, 50 HU) below the floor). The network only ever sees them clipped to the floor, so the output keeps
+    their input value. A normalization without a floor (MRI) has no such voxels."""
+    floor = getattr(normalization, "hu_min", None)
+    if floor is None:
+        return np.zeros(volume.shape, bool)
+    return volume < floor - max(5.0 * noise_scan, 50.0)
+
+
 def neighbour_stack(volume: torch.Tensor, context_slices: int) -> torch.Tensor:
     """[D, H, W] -> [D, 2k+1, H, W]: each slice with its k neighbours on each side (edges replicated)."""
     return volume[torch.from_numpy(slab_indices(volume.shape[0], context_slices))]
@@ -102,6 +113,9 @@ def denoise_volume(
     and the mean of the draws alone as ``posterior_mean``. The std stays the spread of the draws (calibrated on
     the blend, when the checkpoint's calibration was made with it).
 
+    A CT scan's padding outside the field of view (``outside_field_of_view``) keeps its input value in the mean
+    (and the posterior mean), with a std of 0 there.
+
     Runs on the module's device (``cdm4mi.inference.runtime.place``); ``precision`` (fp32, bf16, fp16) is the
     autocast precision of the network there. Slices go to the device one batch at a time and come back to the CPU.
     """
@@ -147,6 +161,12 @@ def denoise_volume(
         if calibration:
             std = calibration["scale"] * (std + calibration["offset"] * sigma * unit_in_scan)
         std = std.astype(np.float32)
+    outside = outside_field_of_view(volume, normalization, sigma * unit_in_scan)
+    for denoised in (mean, posterior_mean):
+        if denoised is not None:
+            denoised[outside] = volume[outside]
+    if std is not None:
+        std[outside] = 0.0
     return DenoiseResult(mean, std, t_start, sigma, values, sources, sigma * unit_in_scan,
                          calibration if samples > 1 else None, nlm_blend=blend, posterior_mean=posterior_mean)
 

@@ -54,3 +54,24 @@ def test_the_verdict_says_where_best_classical_plus_2_db_lies_above_the_ceiling(
     assert "lies +2.00 dB from the best classical filter on the mean; best classical + 2 dB lies above it on 1 of 2 " \
            "cases (a)" in out
     assert "[MISSED] mean PSNR >= best classical + 2 dB (gain -1.00 dB)" in out
+
+
+def test_the_verdict_checks_blobs_against_the_fewest_and_names_the_best_filter_by_psnr(capsys):
+    rows = []
+    for case, (nlm, gaussian) in {"a": (40.0, 38.0), "b": (36.0, 37.0)}.items():
+        for method, value, blobs in (("low_dose_input", 35.0, None), ("gaussian", gaussian, 1.0), ("nlm", nlm, 9.0),
+                                     ("model", 41.0, 6.0)):
+            rows.append({"case": case, "dose": 0.25, "method": method, "psnr_wide": value})
+            if blobs is not None:
+                rows.append({"case": case, "dose": 0.25, "method": method, "invented_blobs": blobs})
+    image_rows = [r for r in rows if "psnr_wide" in r]
+    assert not verdict(image_rows, rows, 0.25)
+    out = capsys.readouterr().out
+    # NLM is best by PSNR on a (9 blobs), the Gaussian on b (1 blob)
+    assert "Invented blobs per slice: model 6.0, the best classical filter by PSNR on each case 5.0, gaussian 1.0." in out
+    assert "[MISSED] invented blobs <= the classical filter with the fewest (gaussian 1.0, model 6.0)" in out
+    for row in rows:
+        if row["method"] == "model" and "invented_blobs" in row:
+            row["invented_blobs"] = 1.0
+    verdict(image_rows, rows, 0.25)
+    assert "[met] invented blobs <= the classical filter with the fewest (gaussian 1.0, model 1.0)" in capsys.readouterr().out

@@ -115,3 +115,24 @@ def test_evaluate_says_and_records_the_share_of_nlm_in_the_model_column(checkpoi
     psnr = {name: [row for row in csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines())
                    if row["method"] == "model"][0]["psnr"] for name in ("blended", "alone")}
     assert psnr["blended"] != psnr["alone"]
+
+
+def test_padding_outside_the_field_of_view_keeps_its_value(checkpoints):
+    """Many scanners store -2000 or -3024 HU outside the reconstructed circle. The network sees it clipped to its
+    window's floor (-1024), so without a passthrough the mean came back at -1024 there and a blend with NLM at
+    about -2000: a value that is neither the file's padding nor air."""
+    model = cdm4mi.load_denoiser(checkpoints["plain"], device="cpu")
+    scan = load_scan(CT_SMALL)
+    rows, cols = np.ogrid[:scan.array.shape[1], :scan.array.shape[2]]
+    outside = np.broadcast_to((rows - 63.5) ** 2 + (cols - 63.5) ** 2 > 60**2, scan.array.shape)
+    padded = scan.array.copy()
+    padded[outside] = -3024.0
+    padded[0, 64, 64] = -1100.0  # air seen through noise, just below the floor: still denoised
+    result = model.denoise(padded, samples=2, seed=3, nlm_blend=0.5)
+    for image in (result.mean, result.posterior_mean):
+        np.testing.assert_array_equal(image[outside], -3024.0)
+        assert np.abs(image[~outside] - padded[~outside]).max() > 1.0  # the inside is still the model's
+        assert image[0, 64, 64] != -1100.0
+    assert (result.std[outside] == 0).all() and (result.std[~outside] > 0).all()
+    plain = model.denoise(scan, samples=2, seed=3, nlm_blend=0.5)  # a scan without padding: nothing passes through
+    assert not np.isin(plain.mean, scan.array).any()
