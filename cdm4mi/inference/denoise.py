@@ -27,6 +27,7 @@ from cdm4mi.data.preprocessing import slab_indices
 from cdm4mi.inference.classical import nlm_filter
 from cdm4mi.inference.runtime import autocast
 from cdm4mi.io.read import Scan, resample_like, resample_to
+from cdm4mi.simulate.ct_dose import outside_field_of_view
 from cdm4mi.simulate.noise_estimate import estimate_input_noise
 from cdm4mi.training.module import DiffusionModule
 from cdm4mi.training.warm_start import WarmStartSampler, warm_start_timestep
@@ -52,17 +53,6 @@ class DenoiseResult:
 def model_normalization(module: DiffusionModule):
     """The normalization the model was trained with (unfitted; its contract, ``module.preprocessing``)."""
     return module.preprocessing.normalizer()
-
-
-def outside_field_of_view(volume: np.ndarray, normalization, noise_scan: float) -> np.ndarray:
-    """Voxels far below a CT window's floor (``hu_min``): the padding outside the reconstructed field of view
-    (-2000 or -3024 HU in many scanners' files), not air seen through noise (more than max(5 x the input
-    noise, 50 HU) below the floor). The network only ever sees them clipped to the floor, so the output keeps
-    their input value. A normalization without a floor (MRI) has no such voxels."""
-    floor = getattr(normalization, "hu_min", None)
-    if floor is None:
-        return np.zeros(volume.shape, bool)
-    return volume < floor - max(5.0 * noise_scan, 50.0)
 
 
 def neighbour_stack(volume: torch.Tensor, context_slices: int) -> torch.Tensor:
@@ -113,8 +103,9 @@ def denoise_volume(
     and the mean of the draws alone as ``posterior_mean``. The std stays the spread of the draws (calibrated on
     the blend, when the checkpoint's calibration was made with it).
 
-    A CT scan's padding outside the field of view (``outside_field_of_view``) keeps its input value in the mean
-    (and the posterior mean), with a std of 0 there.
+    A CT scan's padding outside the field of view (``cdm4mi.simulate.ct_dose.outside_field_of_view``, below the
+    window's floor by more than 5 x the input noise) keeps its input value in the mean (and the posterior mean),
+    with a std of 0 there: the network only ever sees it clipped to the floor.
 
     Runs on the module's device (``cdm4mi.inference.runtime.place``); ``precision`` (fp32, bf16, fp16) is the
     autocast precision of the network there. Slices go to the device one batch at a time and come back to the CPU.
@@ -161,7 +152,9 @@ def denoise_volume(
         if calibration:
             std = calibration["scale"] * (std + calibration["offset"] * sigma * unit_in_scan)
         std = std.astype(np.float32)
-    outside = outside_field_of_view(volume, normalization, sigma * unit_in_scan)
+    floor = getattr(normalization, "hu_min", None)  # CT only: MRI has no padding convention
+    outside = np.zeros(volume.shape, bool) if floor is None else outside_field_of_view(volume, sigma * unit_in_scan,
+                                                                                       floor)
     for denoised in (mean, posterior_mean):
         if denoised is not None:
             denoised[outside] = volume[outside]

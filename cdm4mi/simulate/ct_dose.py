@@ -56,6 +56,14 @@ FILTERS = ("ramp", "hann")
 _COUNT_FLOOR = 1.0  # photons: the eps of max(y, eps); keeps the log finite where counts are starved
 _MAX_CHUNK_ELEMENTS = 1 << 22  # floats per grid_sample output chunk (16 MB), bounds peak memory
 _SLICES_PER_BATCH = 4  # slices sharing one sampling grid
+CT_FLOOR_HU = -1024.0  # the bottom of the 12-bit CT scale: air is -1000, nothing physical lies lower
+
+
+def outside_field_of_view(hu: np.ndarray, noise_hu: float = 0.0, floor_hu: float = CT_FLOOR_HU) -> np.ndarray:
+    """Voxels more than max(5 x ``noise_hu``, 50 HU) below ``floor_hu``: the padding many scanners store outside the
+    reconstructed circle (-2000 or -3024 HU), not air seen through noise. A scanner writes it unchanged at every
+    dose, so the simulator adds no noise there and ``cdm4mi denoise`` passes it through."""
+    return np.asarray(hu) < floor_hu - max(5.0 * noise_hu, 50.0)
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,8 @@ def simulate_low_dose_ct(
     ``dose_fraction`` k in (0, 1]; ``incident_flux`` full-dose photons per detector bin per view;
     ``electronic_noise_var`` in counts^2; ``kernel_cutoff``: the Hann window's cutoff, the noise texture
     (``filter_sinogram``). Returns float32 HU of the input's shape. Pass ``seed`` or a numpy ``rng`` for
-    reproducible noise. Values are not clipped (noise in air can go below -1000).
+    reproducible noise. Values are not clipped (noise in air can go below -1000); the padding outside the field
+    of view (``outside_field_of_view``) keeps its value, as a scanner's low-dose series does.
     """
     image, spacing = validated_image(hu, pixel_spacing_mm)
     validate_physics(
@@ -236,7 +245,10 @@ def simulate_low_dose_ct(
             delta = _poisson_log_noise(line_integrals, dose_fraction, flux, electronic_var, rng)
         noise_mu = fbp(delta, geometry, filter_name, kernel_cutoff)
         noisy[start : start + _SLICES_PER_BATCH] = batch + 1000 * noise_mu / MU_WATER_PER_MM
-    return noisy.reshape(image.shape).numpy()
+    noisy = noisy.reshape(image.shape).numpy()
+    padding = outside_field_of_view(image)
+    noisy[padding] = image[padding]
+    return noisy
 
 
 def _extra_log_variance(p: torch.Tensor, k: float, flux: float, electronic_var: float) -> torch.Tensor:

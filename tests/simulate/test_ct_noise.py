@@ -15,6 +15,7 @@ from cdm4mi.simulate.ct_dose import (
     fbp,
     forward_project,
     hu_to_mu,
+    outside_field_of_view,
     simulate_low_dose_ct,
 )
 from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu, soft_tissue_noise_hu
@@ -116,6 +117,22 @@ def test_seed_reproducible_and_distinct() -> None:
     np.testing.assert_array_equal(first, simulate_low_dose_ct(hu, 2.0, seed=7))
     np.testing.assert_array_equal(first, simulate_low_dose_ct(hu, 2.0, rng=np.random.default_rng(7)))
     assert np.abs(first - simulate_low_dose_ct(hu, 2.0, seed=8)).mean() > 1.0
+
+
+def test_padding_outside_the_field_of_view_gets_no_noise() -> None:
+    """A scanner writes the padding outside its reconstructed circle (-3024 HU here) unchanged at every dose: the
+    simulated low dose adds noise to air and tissue, not there (``cdm4mi denoise`` passes it through likewise)."""
+    radius = _radius_mm(96, 2.0)
+    hu = np.where(radius < 60, 20.0, -1000.0).astype(np.float32)
+    hu[radius > 90] = -3024.0
+    out = simulate_low_dose_ct(hu, 2.0, dose_fraction=0.1, seed=3)
+    np.testing.assert_array_equal(out[radius > 90], -3024.0)
+    air = (radius > 65) & (radius < 85)
+    assert np.std(out[air] - hu[air]) > 1.0 and np.std(out[radius < 55] - 20.0) > 1.0
+    np.testing.assert_array_equal(outside_field_of_view(np.array([-3024.0, -1075.0, -1073.0, -1000.0])),
+                                  [True, True, False, False])
+    np.testing.assert_array_equal(outside_field_of_view(np.array([-3024.0, -1200.0]), noise_hu=100.0),
+                                  [True, False])  # 5 x the noise below the floor: noisy air is not padding
 
 
 def test_volume_is_simulated_slice_by_slice() -> None:
