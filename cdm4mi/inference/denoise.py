@@ -153,13 +153,13 @@ def denoise_volume(
             std = calibration["scale"] * (std + calibration["offset"] * sigma * unit_in_scan)
         std = std.astype(np.float32)
     floor = getattr(normalization, "hu_min", None)  # CT only: MRI has no padding convention
-    outside = np.zeros(volume.shape, bool) if floor is None else outside_field_of_view(volume, sigma * unit_in_scan,
-                                                                                       floor)
-    for denoised in (mean, posterior_mean):
-        if denoised is not None:
-            denoised[outside] = volume[outside]
-    if std is not None:
-        std[outside] = 0.0
+    if floor is not None:
+        outside = outside_field_of_view(volume, sigma * unit_in_scan, floor)
+        for denoised in (mean, posterior_mean):
+            if denoised is not None:
+                denoised[outside] = volume[outside]
+        if std is not None:
+            std[outside] = 0.0
     return DenoiseResult(mean, std, t_start, sigma, values, sources, sigma * unit_in_scan,
                          calibration if samples > 1 else None, nlm_blend=blend, posterior_mean=posterior_mean)
 
