@@ -29,6 +29,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from torch.utils.data import DataLoader, Dataset
 
 from cdm4mi.training.module import DiffusionModule
+from cdm4mi.training.stopping import release_process_group
 
 Task = Callable[[DiffusionModule, int], Any]  # (model on this process's device, patient index) -> a small result
 
@@ -169,6 +170,7 @@ def predict_patients(model: DiffusionModule, task: Task, count: int, device: str
         items = PatientIndices(count, max(count, trainer.world_size))
         loader = DataLoader(items, batch_size=1, shuffle=False, collate_fn=only_item)
         trainer.predict(predictor, dataloaders=loader, return_predictions=False)
+    release_process_group()  # every process has the gathered results: no collective operation follows
     return PredictRun(predictor.done, trainer.world_size, trainer.global_rank)
 
 
