@@ -38,12 +38,17 @@ setup: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(CACHE_BYTECODE) $(BIN)/cdm4mi demo --output demo_out --overwrite
 
+# pytest-xdist: one worker per core (each computing on one thread, tests/conftest.py), a test file's tests on one worker
+# (its module fixtures, trained models among them, are built once); TEST_WORKERS=0 runs them all in this process
+TEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(VENV)/.installed
-	$(CACHE_BYTECODE) $(BIN)/python -m pytest -q
+	$(CACHE_BYTECODE) $(BIN)/python -m pytest -q $(XDIST)
 
 # the inner loop: every test not marked slow (the end-to-end trainings)
 test-fast: $(VENV)/.installed
-	$(CACHE_BYTECODE) $(BIN)/python -m pytest -q -m "not slow"
+	$(CACHE_BYTECODE) $(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
 # unused or undefined names, syntax, import order (ruff; settings in pyproject.toml)
 lint: $(VENV)/.installed

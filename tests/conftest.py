@@ -1,14 +1,30 @@
 """Shared pytest hooks."""
 
-import sys
+import os
 
 from corpus_report import summary_lines
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """The bad-input corpus (tests/cli/test_bad_inputs.py) when it ran: its classes, cases and runs passed; and the
-    classes tested beside it (signals, races, privacy, resource bombs) with their tests passed."""
-    corpus = sys.modules.get("test_bad_inputs")
-    passed = [report.nodeid for report in terminalreporter.stats.get("passed", []) if report.when == "call"]
-    for line in summary_lines(corpus.CASES if corpus else [], corpus.RESULTS if corpus else {}, passed):
+    classes tested beside it (signals, races, privacy, resource bombs) with their tests passed. Read from the
+    reports (their user_properties), which pytest-xdist's workers send back."""
+    reports = [report for report in terminalreporter.stats.get("passed", []) if report.when == "call"]
+    results = dict(value for report in reports for name, value in report.user_properties if name == "bad_input_line")
+    cases = []
+    if results:  # the corpus ran: its cases, to group the runs by class (imports pydicom, torch: only then)
+        from bad_inputs import all_cases
+
+        cases = all_cases()
+    for line in summary_lines(cases, results, [report.nodeid for report in reports]):
         terminalreporter.write_line(line)
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (make test: two workers on two cores) each worker and the processes its tests start
+    compute on one thread: two workers with two threads each would fight over two cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)

@@ -33,8 +33,9 @@ from cdm4mi.cli.main import main
 
 CASES = all_cases()
 RUNS = [(case, command) for case in CASES for command in case.commands]
-RESULTS: dict[str, str] = {}
-"""Run id -> the error line it got (temporary folders shortened to '…'); read by the terminal summary."""
+RESULT_PROPERTY = "bad_input_line"
+"""Each passed run's (run id, the error line it got, temporary folders shortened to '…') in its report's
+user_properties, which pytest-xdist carries back from its workers; read by the terminal summary."""
 PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
 ROOT_NAMES = ("Pbad", "root/pa", "pa/low", "pa/full")  # a scan met through a root or manifest: its patient
 
@@ -197,7 +198,7 @@ def real_processes(corpus, context, tmp_path_factory) -> Iterator[RealProcesses]
 
 @pytest.mark.parametrize(("case", "command"), RUNS, ids=[run_id(case, command) for case, command in RUNS])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, command, corpus, context, real_processes, tmp_path,
-                                                        capsys, caplog):
+                                                        capsys, caplog, record_property):
     built = corpus.built[case.name]
     argv = arguments(command, case, built, context, tmp_path / "out")
     watched = [tmp_path, built.path.parent] if case.group.startswith("config") else [tmp_path]
@@ -215,7 +216,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, command, corpus, 
     unread = built.unread if isinstance(built, CommandLines) else ()
     assert not any(name in lines[0] for name in unread), "an input was read before the option was checked"
     assert [listing(folder) for folder in watched] == before, "a refused run wrote files"
-    RESULTS[run_id(case, command)] = lines[0].replace(str(corpus.folder.parent), "…")
+    record_property(RESULT_PROPERTY, (run_id(case, command), lines[0].replace(str(corpus.folder.parent), "…")))
 
 
 def test_real_processes_print_one_line_and_debug_shows_the_traceback(real_processes):
