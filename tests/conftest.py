@@ -1,7 +1,9 @@
-"""Shared pytest hooks."""
+"""Shared pytest hooks and fixtures."""
 
 import os
+import socket
 
+import pytest
 from corpus_report import summary_lines
 
 
@@ -28,3 +30,17 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+@pytest.fixture
+def ddp_in_this_process():
+    """A free MASTER_PORT for Lightning's DDP in the test's own process, and ``os.environ`` restored afterwards:
+    Lightning sets LOCAL_RANK, NODE_RANK, MASTER_ADDR/PORT there, and a later test's DDP child process would take
+    itself for a rank that a launcher had started (and wait for its peers)."""
+    environment = dict(os.environ)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+    yield
+    os.environ.clear()
+    os.environ.update(environment)

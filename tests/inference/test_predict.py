@@ -212,19 +212,13 @@ def test_evaluate_on_two_processes_writes_the_report_of_one(cohort, tmp_path, ca
     assert sorted(path.name for path in tmp_path.iterdir()) == ["one", "two"]  # no stage left behind
 
 
-def test_the_process_group_is_destroyed_once_the_results_are_gathered():
+def test_the_process_group_is_destroyed_once_the_results_are_gathered(ddp_in_this_process):
     """Left to the interpreter's shutdown, a gloo group can abort the process after its work is written (exit
     status -6, seen in CI). One DDP process here (a gloo group of one, in this process) shows it is destroyed."""
     import torch.distributed as dist
 
     from cdm4mi.inference.predict import predict_patients
 
-    environment = dict(os.environ)  # Lightning sets LOCAL_RANK, MASTER_PORT...: later DDP tests' children would
-    os.environ["MASTER_PORT"] = str(free_port())  # take themselves for ranks that a launcher had started
-    try:
-        run = predict_patients(torch.nn.Linear(2, 2), lambda model, index: index * 10, 3, strategy="ddp", devices=1)
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
+    run = predict_patients(torch.nn.Linear(2, 2), lambda model, index: index * 10, 3, strategy="ddp", devices=1)
     assert run.results() == [0, 10, 20] and run.world_size == 1
     assert not dist.is_initialized()

@@ -128,6 +128,22 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_ddp_training_leaves_no_process_group(tmp_path, ddp_in_this_process):
+    """As after prediction (tests/inference/test_predict.py): the gloo group is destroyed once fit has returned on
+    every rank, not left to the interpreter's shutdown. One DDP process, in this process."""
+    import torch.distributed as dist
+
+    from cdm4mi.config import builtin_config, load_config
+    from cdm4mi.training.run import fit
+
+    config = load_config(builtin_config("vector_gaussian.yaml"), [
+        f"output_dir={tmp_path / 'run'}", "training.accelerator=cpu", "training.devices=1", "training.strategy=ddp",
+        "training.max_steps=2", "training.batch_size=16", "training.preview_samples=8", "training.progress_bar=false"])
+    _, trainer = fit(config)
+    assert trainer.global_step == 2 and trainer.world_size == 1
+    assert not dist.is_initialized()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("action", ["stop", "skip"])
 def test_ddp_ranks_stop_or_skip_a_nan_loss_of_one_rank_together(action, tmp_path):
