@@ -49,9 +49,8 @@ from cdm4mi.data.metadata import encode_metadata
 from cdm4mi.data.preprocessing import slab_indices
 from cdm4mi.diffusion.objective import DiffusionObjective
 from cdm4mi.inference.denoise import dihedral_turn
-from cdm4mi.simulate.ct_dose import simulate_low_dose_ct
-from cdm4mi.simulate.noise_estimate import soft_tissue_noise_hu, units_per_hu
-from cdm4mi.simulate.relative_dose import scan_kernel_cutoff
+from cdm4mi.simulate.noise_estimate import units_per_hu
+from cdm4mi.simulate.relative_dose import scan_kernel_cutoff, texture_noise
 from cdm4mi.training.module import DiffusionModule
 
 ALPHA = 0.5  # R2R's recorruption strength: y1 has 1.12 times the input's noise std, y2 2.24 times
@@ -165,16 +164,10 @@ def recorrupted_pairs(volume_hu: np.ndarray, centres: np.ndarray, context: int, 
     needed, rows = np.unique(slabs, return_inverse=True)
     image = volume_hu[needed].astype(np.float32)
     sigma_hu = sigma / units_per_hu(normalization)
-    # Every draw is rescaled to sigma, and the simulator's noise is proportional to 1/sqrt(flux) (its electronic
-    # noise scaled with the flux, as simulate_relative_dose does): the nominal flux gives the same z as a
-    # calibrated one, so neither the calibration nor the texture fit is repeated per draw.
-    cutoff, _ = scan_kernel_cutoff(image)
+    cutoff, _ = scan_kernel_cutoff(image)  # fitted once: every draw has the input's texture
     y1, y2 = [], []
     for k in range(NOISE_DRAWS):
-        z = simulate_low_dose_ct(image, spacing_mm, 0.5, seed=seed + 7919 * k, kernel_cutoff=cutoff) - image
-        measured = soft_tissue_noise_hu(z, image)
-        if math.isfinite(measured) and measured > 0:
-            z *= sigma_hu / measured
+        z = texture_noise(image, spacing_mm, sigma_hu, seed=seed + 7919 * k, kernel_cutoff=cutoff)
         y1.append(np.asarray(normalization.forward(image + ALPHA * z), dtype=np.float32))
         y2.append(np.asarray(normalization.forward(image - z / ALPHA), dtype=np.float32))
     return torch.from_numpy(np.stack(y1)), torch.from_numpy(np.stack(y2)), rows.reshape(slabs.shape)

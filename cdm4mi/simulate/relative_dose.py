@@ -164,6 +164,21 @@ def scan_kernel_cutoff(image: np.ndarray, measured_noise_hu: float | None = None
     return (fit.cutoff if fit is not None else DEFAULT_CUTOFF), fit
 
 
+def texture_noise(image: np.ndarray, pixel_spacing_mm, sigma_hu: float, seed: int | None = None,
+                  kernel_cutoff: float | None = None) -> np.ndarray:
+    """A fresh noise realization in the scan's texture, ``image``'s shape: the projection-domain simulator's noise
+    (half dose of the nominal flux) with the Hann cutoff fitted to the image's own noise (``scan_kernel_cutoff``,
+    or ``kernel_cutoff`` when given: fit it once for many draws), rescaled to ``sigma_hu`` in soft tissue (left as
+    simulated where the image has no soft tissue). The simulator's noise is proportional to 1/sqrt(flux), so the
+    nominal flux gives the same texture as a calibrated one: the calibration is not repeated per draw."""
+    cutoff = scan_kernel_cutoff(image)[0] if kernel_cutoff is None else kernel_cutoff
+    noise = simulate_low_dose_ct(image, pixel_spacing_mm, 0.5, seed=seed, kernel_cutoff=cutoff) - image
+    measured = soft_tissue_noise_hu(noise, image)
+    if math.isfinite(measured) and measured > 0:
+        noise *= sigma_hu / measured
+    return noise
+
+
 def simulate_relative_dose(
     hu: np.ndarray,
     pixel_spacing_mm: float | tuple[float, float],

@@ -75,3 +75,29 @@ def test_the_verdict_checks_blobs_against_the_fewest_and_names_the_best_filter_b
             row["invented_blobs"] = 1.0
     verdict(image_rows, rows, 0.25)
     assert "[met] invented blobs <= the classical filter with the fewest (gaussian 1.0, model 1.0)" in capsys.readouterr().out
+
+
+def test_bm3d_when_installed_is_told_the_noise_power_spectrum_of_the_slice(monkeypatch):
+    """BM3D is optional (non-commercial); when present the benchmark gives it the coloured noise's PSD (BM3D's
+    ``sigma_psd`` convention: mean = pixels x variance, low-pass for a smooth kernel), not a white sigma."""
+    import types
+
+    from bench_quality import optional_bm3d
+    from scan_files import water_phantom
+
+    from cdm4mi.simulate.ct_dose import simulate_low_dose_ct
+    from cdm4mi.simulate.noise_estimate import estimate_ct_noise_hu
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # not installed: no row
+    assert optional_bm3d(np.zeros((1, 64, 64)), (0.8, 0.8), 0) == {}
+    seen = []
+    monkeypatch.setitem(sys.modules, "bm3d", types.SimpleNamespace(bm3d=lambda z, sigma_psd: seen.append(sigma_psd) or z))
+    clean = water_phantom(128, 0.8)
+    low = simulate_low_dose_ct(clean, 0.8, 0.5, incident_flux=3e4, electronic_noise_var=0.0, seed=1, kernel_cutoff=0.5)
+    out = optional_bm3d(low[None], (0.8, 0.8), 0)
+    assert out["bm3d"].shape == (1, 128, 128) and len(seen) == 1
+    psd = seen[0]
+    assert psd.shape == (128, 128)
+    assert psd.mean() == pytest.approx(psd.size * estimate_ct_noise_hu(low) ** 2, rel=1e-6)
+    frequency = np.hypot(*np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128), indexing="ij"))
+    assert psd[frequency > 0.35].mean() < 0.2 * psd[(frequency > 0.02) & (frequency < 0.15)].mean()  # coarse grain

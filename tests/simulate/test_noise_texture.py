@@ -23,6 +23,7 @@ from cdm4mi.simulate.relative_dose import (
     fit_kernel_cutoff,
     simulate_relative_dose,
     simulated_noise_correlation,
+    texture_noise,
 )
 
 SPACING = 0.8
@@ -71,6 +72,20 @@ def test_fit_recovers_the_kernel_and_the_dose_adds_noise_of_that_texture(scans, 
     bank = build_noise_bank(full[None], (SPACING, SPACING), realizations=1, seed=0)  # training noise: same texture
     assert bank.kernel_cutoff == fit.cutoff
     np.testing.assert_allclose(_correlation_in_soft_tissue(bank.noise[0, 0], clean)[:2], own_texture[:2], atol=0.06)
+
+
+def test_texture_noise_has_the_scans_grain_at_the_level_asked(scans):
+    """The fresh noise the adaptation recorrupts with (and the benchmark's BM3D reads its spectrum from)."""
+    clean, full, _ = scans[0.5]
+    noise = texture_noise(full, SPACING, 12.0, seed=4)
+    assert noise.shape == full.shape
+    assert soft_tissue_noise_hu(noise, full) == pytest.approx(12.0, rel=1e-4)
+    own_texture = _correlation_in_soft_tissue(full - clean, clean)
+    np.testing.assert_allclose(_correlation_in_soft_tissue(noise, clean)[:2], own_texture[:2], atol=0.06)
+    np.testing.assert_array_equal(texture_noise(full, SPACING, 12.0, seed=4, kernel_cutoff=fit_kernel_cutoff(full).cutoff),
+                                  noise)  # the fitted cutoff, given, is the one it fits
+    plain = texture_noise(full, SPACING, 12.0, seed=4, kernel_cutoff=1.6)  # a given cutoff wins: finer grain
+    assert _correlation_in_soft_tissue(plain, clean)[0] < own_texture[0] - 0.2
 
 
 @pytest.mark.parametrize("cutoff", [0.5, 1.0, 1.6])
